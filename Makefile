@@ -1,0 +1,37 @@
+# asyncjobs: asynchronous job system for PostgreSQL (PGXS build)
+
+MODULE_big = asyncjobs
+OBJS = \
+	src/api.o \
+	src/executor.o \
+	src/launcher.o \
+	src/module.o \
+	src/retry.o \
+	src/shmem.o \
+	src/utility.o \
+	src/worker.o
+
+EXTENSION = asyncjobs
+DATA = sql/asyncjobs--0.1.sql
+PGFILEDESC = "asyncjobs - asynchronous job system"
+
+PG_CPPFLAGS = -I$(srcdir)/src
+
+REGRESS = api errors
+REGRESS_OPTS = --inputdir=test --outputdir=test --temp-instance=./tmp_check \
+	--temp-config=./test/asyncjobs.conf
+
+ISOLATION = claim enqueue
+ISOLATION_OPTS = --inputdir=test --outputdir=test/output_iso \
+	--temp-instance=./tmp_check_iso \
+	--temp-config=./test/isolation.conf --load-extension=asyncjobs
+
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+PROVE_FLAGS = -I ./test/perl
+
+EXTRA_CLEAN = test/results test/output_iso test/regression.* test/log
+
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

@@ -1,0 +1,516 @@
+/* asyncjobs--0.1.sql */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION asyncjobs" to load this file. \quit
+
+-- The extension refuses to install unless its library was preloaded: the
+-- background workers and the shared memory they use exist only then.
+CREATE FUNCTION asyncjobs._check_preloaded()
+RETURNS void
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'asyncjobs_check_preloaded';
+
+SELECT asyncjobs._check_preloaded();
+
+--------------------------------------------------------------------------
+-- Operation types
+--------------------------------------------------------------------------
+
+CREATE TABLE asyncjobs.operation_type (
+    name            text        PRIMARY KEY,
+    operationtype   int         NOT NULL DEFAULT 1,
+    handler         regprocedure,
+    max_retries     int         NOT NULL DEFAULT 5 CHECK (max_retries >= 0),
+    retry_delay     interval    NOT NULL DEFAULT '10 seconds'
+                                CHECK (retry_delay > '0'::interval),
+    retry_delay_max interval    NOT NULL DEFAULT '1 hour'
+                                CHECK (retry_delay_max > '0'::interval),
+    timeout         interval    NOT NULL DEFAULT '2 minutes'
+                                CHECK (timeout > '0'::interval),
+    max_concurrency int         CHECK (max_concurrency > 0),
+    priority        int         NOT NULL DEFAULT 0,
+    paused          boolean     NOT NULL DEFAULT false,
+    builtin         boolean     NOT NULL DEFAULT false,
+    owner           regrole     NOT NULL DEFAULT current_user::regrole,
+    createdon       timestamptz NOT NULL DEFAULT now(),
+    modifiedon      timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE asyncjobs.operation_type IS
+'registered operations: what a job of each name runs and how it is retried';
+
+INSERT INTO asyncjobs.operation_type (name, operationtype, builtin)
+VALUES ('sql', 54, true);
+
+--------------------------------------------------------------------------
+-- Jobs: active table, partitioned history, and the asyncoperation view
+--------------------------------------------------------------------------
+
+CREATE SEQUENCE asyncjobs.asyncoperation_id_seq;
+
+-- Jobs that are not completed (statecode 0, 1, 2).  Small, hot and
+-- updated in place: fillfactor leaves room for HOT updates.
+CREATE TABLE asyncjobs.job (
+    asyncoperationid    bigint      PRIMARY KEY
+                        DEFAULT nextval('asyncjobs.asyncoperation_id_seq'),
+    name                text        NOT NULL,
+    operationtype       int         NOT NULL,
+    messagename         text        NOT NULL,
+    statecode           smallint    NOT NULL DEFAULT 0
+                        CHECK (statecode IN (0, 1, 2)),
+    statuscode          smallint    NOT NULL DEFAULT 0
+                        CHECK (statuscode IN (0, 10, 11, 12, 20, 21, 22)),
+    ownerid             regrole     NOT NULL,
+    createdon           timestamptz NOT NULL DEFAULT now(),
+    modifiedon          timestamptz NOT NULL DEFAULT now(),
+    startedon           timestamptz,
+    postponeuntil       timestamptz,
+    executiontimespan   double precision,
+    retrycount          int         NOT NULL DEFAULT 0,
+    maxretries          int         NOT NULL CHECK (maxretries >= 0),
+    errorcode           text,
+    message             text,
+    friendlymessage     text,
+    data                jsonb       NOT NULL DEFAULT '{}',
+    priority            int         NOT NULL DEFAULT 0,
+    depth               int         NOT NULL DEFAULT 1,
+    correlationid       uuid        NOT NULL,
+    correlationupdatedtime timestamptz NOT NULL DEFAULT now(),
+    dependencytoken     text,
+    dedupekey           text,
+    recurrencepattern   text,
+    recurrencestarttime timestamptz,
+    regardingobjectid   text,
+    hostid              text,
+    parentid            bigint,
+    -- internal: when the job becomes eligible, which worker holds it, and
+    -- the outcome of every attempt so far
+    runafter            timestamptz NOT NULL DEFAULT now(),
+    lockedby            bigint,
+    attempts            jsonb       NOT NULL DEFAULT '[]',
+    CHECK ((statecode = 0 AND statuscode = 0)
+        OR (statecode = 1 AND statuscode IN (10, 11, 12))
+        OR (statecode = 2 AND statuscode IN (20, 21, 22)))
+) WITH (fillfactor = 70);
+
+COMMENT ON TABLE asyncjobs.job IS
+'jobs that are not completed; query asyncjobs.asyncoperation instead';
+
+-- The claim path reads only this index: jobs that may run, in claim order.
+CREATE INDEX job_claim_idx ON asyncjobs.job (priority, runafter, asyncoperationid)
+    WHERE statuscode IN (0, 10, 11);
+-- Jobs held by workers, for requeueing those of a worker that died.
+CREATE INDEX job_locked_idx ON asyncjobs.job (lockedby) WHERE statecode = 2;
+
+-- Completed jobs (statecode 3), range-partitioned by completion day so
+-- that retention drops whole partitions.
+CREATE TABLE asyncjobs.job_history (
+    asyncoperationid    bigint      NOT NULL,
+    name                text        NOT NULL,
+    operationtype       int         NOT NULL,
+    messagename         text        NOT NULL,
+    statecode           smallint    NOT NULL DEFAULT 3 CHECK (statecode = 3),
+    statuscode          smallint    NOT NULL CHECK (statuscode IN (30, 31, 32)),
+    ownerid             regrole     NOT NULL,
+    createdon           timestamptz NOT NULL,
+    modifiedon          timestamptz NOT NULL,
+    startedon           timestamptz,
+    completedon         timestamptz NOT NULL,
+    postponeuntil       timestamptz,
+    executiontimespan   double precision,
+    retrycount          int         NOT NULL,
+    maxretries          int         NOT NULL,
+    errorcode           text,
+    message             text,
+    friendlymessage     text,
+    data                jsonb       NOT NULL,
+    result              jsonb,
+    priority            int         NOT NULL,
+    depth               int         NOT NULL,
+    correlationid       uuid        NOT NULL,
+    correlationupdatedtime timestamptz NOT NULL,
+    dependencytoken     text,
+    dedupekey           text,
+    recurrencepattern   text,
+    recurrencestarttime timestamptz,
+    regardingobjectid   text,
+    hostid              text,
+    parentid            bigint,
+    attempts            jsonb       NOT NULL
+) PARTITION BY RANGE (completedon);
+
+COMMENT ON TABLE asyncjobs.job_history IS
+'completed jobs, one partition per day of completedon';
+
+CREATE INDEX job_history_id_idx ON asyncjobs.job_history (asyncoperationid);
+CREATE INDEX job_history_status_idx ON asyncjobs.job_history (statuscode, completedon);
+
+-- Catches completions outside every daily partition (should stay empty:
+-- asyncjobs.maintain_partitions() creates the days ahead of need).
+CREATE TABLE asyncjobs.job_history_default
+    PARTITION OF asyncjobs.job_history DEFAULT;
+
+-- Creates the daily partitions from today - 1 to today + days_ahead that do
+-- not exist yet, moving any row the default partition holds for such a day
+-- into its new partition.  Returns how many partitions it created.
+CREATE FUNCTION asyncjobs.maintain_partitions(days_ahead int DEFAULT 7)
+RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d       date;
+    part    text;
+    created int := 0;
+    lo      timestamptz;
+    hi      timestamptz;
+BEGIN
+    IF days_ahead IS NULL OR days_ahead < 0 OR days_ahead > 366 THEN
+        RAISE EXCEPTION 'days_ahead must be between 0 and 366'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR d IN SELECT g::date FROM generate_series(current_date - 1,
+                                                 current_date + days_ahead,
+                                                 interval '1 day') g
+    LOOP
+        part := 'job_history_' || to_char(d, 'YYYYMMDD');
+        CONTINUE WHEN to_regclass('asyncjobs.' || quote_ident(part)) IS NOT NULL;
+        lo := d::timestamptz;
+        hi := (d + 1)::timestamptz;
+        -- a partition and the default may not both hold a day: build the
+        -- new one aside with the default's rows for the day, then attach
+        EXECUTE format('CREATE TABLE asyncjobs.%I (LIKE asyncjobs.job_history INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
+        EXECUTE format('WITH moved AS (DELETE FROM asyncjobs.job_history_default
+                                        WHERE completedon >= $1 AND completedon < $2
+                                        RETURNING *)
+                        INSERT INTO asyncjobs.%I SELECT * FROM moved', part)
+            USING lo, hi;
+        EXECUTE format('ALTER TABLE asyncjobs.job_history ATTACH PARTITION asyncjobs.%I
+                        FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
+        created := created + 1;
+    END LOOP;
+    RETURN created;
+END
+$$;
+
+COMMENT ON FUNCTION asyncjobs.maintain_partitions(int) IS
+'creates the daily history partitions ahead of need (the workers call it)';
+
+SELECT asyncjobs.maintain_partitions();
+
+-- What users query and report on: every job, with Dataverse's columns.
+CREATE VIEW asyncjobs.asyncoperation AS
+SELECT asyncoperationid, name, operationtype, messagename, statecode,
+       statuscode, ownerid, createdon, modifiedon, startedon,
+       NULL::timestamptz AS completedon, postponeuntil, executiontimespan,
+       retrycount, maxretries, errorcode, message, friendlymessage, data,
+       NULL::jsonb AS result, priority, depth, correlationid,
+       correlationupdatedtime, dependencytoken, dedupekey, recurrencepattern,
+       recurrencestarttime, regardingobjectid, hostid, parentid, attempts
+  FROM asyncjobs.job
+UNION ALL
+SELECT asyncoperationid, name, operationtype, messagename, statecode,
+       statuscode, ownerid, createdon, modifiedon, startedon,
+       completedon, postponeuntil, executiontimespan,
+       retrycount, maxretries, errorcode, message, friendlymessage, data,
+       result, priority, depth, correlationid,
+       correlationupdatedtime, dependencytoken, dedupekey, recurrencepattern,
+       recurrencestarttime, regardingobjectid, hostid, parentid, attempts
+  FROM asyncjobs.job_history;
+
+COMMENT ON VIEW asyncjobs.asyncoperation IS
+'every job, active and completed, with Dataverse''s System Job columns';
+
+-- Names of the state and status codes, for reports.
+CREATE TABLE asyncjobs.status (
+    statecode   smallint NOT NULL,
+    statename   text     NOT NULL,
+    statuscode  smallint PRIMARY KEY,
+    statusname  text     NOT NULL
+);
+INSERT INTO asyncjobs.status VALUES
+    (0, 'Ready', 0, 'WaitingForResources'),
+    (1, 'Suspended', 10, 'Waiting'),
+    (1, 'Suspended', 11, 'Retrying'),
+    (1, 'Suspended', 12, 'Paused'),
+    (2, 'Locked', 20, 'InProgress'),
+    (2, 'Locked', 21, 'Pausing'),
+    (2, 'Locked', 22, 'Canceling'),
+    (3, 'Completed', 30, 'Succeeded'),
+    (3, 'Completed', 31, 'Failed'),
+    (3, 'Completed', 32, 'Canceled');
+
+--------------------------------------------------------------------------
+-- Internal functions used by the workers
+--------------------------------------------------------------------------
+
+-- Claims up to n runnable jobs for a worker and marks them InProgress.
+-- Runnable: Ready, or Suspended (postponed or retrying) and due, of a type
+-- the background workers run (a handler or a built-in) that is not paused.
+CREATE FUNCTION asyncjobs._claim(worker bigint, host text, n int)
+RETURNS TABLE (asyncoperationid bigint, messagename text, operationtype int,
+               ownerid oid, data jsonb, retrycount int, maxretries int,
+               handler oid, timeout_ms bigint, retry_delay_ms bigint,
+               retry_delay_max_ms bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY
+    WITH c AS (
+        SELECT j.asyncoperationid
+          FROM asyncjobs.job j
+         WHERE j.statuscode IN (0, 10, 11)
+           AND j.runafter <= now()
+           AND j.messagename IN (SELECT t.name FROM asyncjobs.operation_type t
+                                  WHERE (t.handler IS NOT NULL OR t.builtin)
+                                    AND NOT t.paused)
+         ORDER BY j.priority, j.runafter, j.asyncoperationid
+         LIMIT n
+           FOR UPDATE OF j SKIP LOCKED)
+    UPDATE asyncjobs.job j
+       SET statecode = 2, statuscode = 20, startedon = now(),
+           modifiedon = now(), lockedby = worker, hostid = host
+      FROM c, asyncjobs.operation_type t
+     WHERE j.asyncoperationid = c.asyncoperationid
+       AND t.name = j.messagename
+    RETURNING j.asyncoperationid, j.messagename, j.operationtype,
+              j.ownerid::oid, j.data, j.retrycount, j.maxretries,
+              t.handler::oid,
+              (extract(epoch FROM t.timeout) * 1000)::bigint,
+              (extract(epoch FROM t.retry_delay) * 1000)::bigint,
+              (extract(epoch FROM t.retry_delay_max) * 1000)::bigint;
+END
+$$;
+
+-- Completes a job: moves it from the active table to history in one
+-- statement, with its outcome.
+CREATE FUNCTION asyncjobs._finish(job_id bigint, status smallint, res jsonb,
+                                  started timestamptz, timespan double precision,
+                                  err_code text, err_message text,
+                                  err_friendly text, attempt jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    WITH d AS (
+        DELETE FROM asyncjobs.job WHERE asyncoperationid = job_id RETURNING *)
+    INSERT INTO asyncjobs.job_history
+        (asyncoperationid, name, operationtype, messagename, statecode,
+         statuscode, ownerid, createdon, modifiedon, startedon, completedon,
+         postponeuntil, executiontimespan, retrycount, maxretries, errorcode,
+         message, friendlymessage, data, result, priority, depth,
+         correlationid, correlationupdatedtime, dependencytoken, dedupekey,
+         recurrencepattern, recurrencestarttime, regardingobjectid, hostid,
+         parentid, attempts)
+    SELECT d.asyncoperationid, d.name, d.operationtype, d.messagename, 3,
+           status, d.ownerid, d.createdon, clock_timestamp(),
+           coalesce(started, d.startedon), clock_timestamp(),
+           d.postponeuntil, timespan, d.retrycount, d.maxretries, err_code,
+           err_message, err_friendly, d.data, res, d.priority, d.depth,
+           d.correlationid, d.correlationupdatedtime, d.dependencytoken,
+           d.dedupekey, d.recurrencepattern, d.recurrencestarttime,
+           d.regardingobjectid, d.hostid, d.parentid,
+           CASE WHEN attempt IS NULL THEN d.attempts ELSE d.attempts || attempt END
+      FROM d;
+END
+$$;
+
+-- Sends a job that failed with a transient error back to wait for its next
+-- attempt (Suspended / Retrying until next_run).
+CREATE FUNCTION asyncjobs._retry_later(job_id bigint, next_run timestamptz,
+                                       started timestamptz,
+                                       timespan double precision,
+                                       err_code text, err_message text,
+                                       err_friendly text, attempt jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE asyncjobs.job
+       SET statecode = 1, statuscode = 11, retrycount = retrycount + 1,
+           postponeuntil = next_run, runafter = next_run,
+           modifiedon = clock_timestamp(), startedon = started,
+           executiontimespan = timespan, errorcode = err_code,
+           message = err_message, friendlymessage = err_friendly,
+           lockedby = NULL, hostid = NULL, attempts = attempts || attempt
+     WHERE asyncoperationid = job_id;
+END
+$$;
+
+-- Requeues the jobs held by workers that no longer exist (a worker that
+-- was killed, or every worker of the server's previous life).  The loss of
+-- the worker counts as a transient failure of the job: it runs again at
+-- once, or ends Failed when its retry budget is spent.
+CREATE FUNCTION asyncjobs._live_worker(worker bigint)
+RETURNS boolean
+LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'asyncjobs_live_worker';
+
+CREATE FUNCTION asyncjobs._requeue_orphans()
+RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n       int := 0;
+    orphan  record;
+    msg     constant text := 'the worker running the job terminated';
+    attempt jsonb;
+BEGIN
+    attempt := jsonb_build_object('outcome', 'worker_lost',
+                                  'ended', clock_timestamp(),
+                                  'errorcode', '57P01', 'message', msg);
+    FOR orphan IN
+        SELECT j.asyncoperationid, j.retrycount, j.maxretries
+          FROM asyncjobs.job j
+         WHERE j.statecode = 2 AND j.lockedby IS NOT NULL
+           AND NOT asyncjobs._live_worker(j.lockedby)
+           FOR UPDATE SKIP LOCKED
+    LOOP
+        IF orphan.retrycount >= orphan.maxretries THEN
+            PERFORM asyncjobs._finish(orphan.asyncoperationid, 31::smallint,
+                NULL, NULL, NULL, '57P01',
+                'ERROR:  ' || msg || E'\nDETAIL:  The job was interrupted and its retry budget of '
+                    || orphan.maxretries || ' retries is spent.',
+                msg, attempt);
+        ELSE
+            UPDATE asyncjobs.job
+               SET statecode = 0, statuscode = 0, retrycount = retrycount + 1,
+                   runafter = clock_timestamp(), modifiedon = clock_timestamp(),
+                   lockedby = NULL, hostid = NULL, errorcode = '57P01',
+                   message = 'ERROR:  ' || msg, friendlymessage = msg,
+                   attempts = attempts || attempt
+             WHERE asyncoperationid = orphan.asyncoperationid;
+        END IF;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+--------------------------------------------------------------------------
+-- Public API
+--------------------------------------------------------------------------
+
+CREATE FUNCTION asyncjobs.register_operation(
+    name text,
+    handler regprocedure DEFAULT NULL,
+    max_retries int DEFAULT 5,
+    retry_delay interval DEFAULT '10 seconds',
+    retry_delay_max interval DEFAULT '1 hour',
+    timeout interval DEFAULT '2 minutes',
+    max_concurrency int DEFAULT NULL,
+    priority int DEFAULT 0)
+RETURNS void
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'asyncjobs_register_operation';
+
+COMMENT ON FUNCTION asyncjobs.register_operation(text, regprocedure, int, interval, interval, interval, int, int) IS
+'registers (or updates) an operation: the handler its jobs run and how they are retried';
+
+CREATE FUNCTION asyncjobs.enqueue(
+    operation text,
+    data jsonb DEFAULT '{}',
+    name text DEFAULT NULL,
+    priority int DEFAULT NULL,
+    postpone_until timestamptz DEFAULT NULL,
+    dependency_token text DEFAULT NULL,
+    dedupe_key text DEFAULT NULL,
+    max_retries int DEFAULT NULL,
+    recurrence text DEFAULT NULL,
+    regarding text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'asyncjobs_enqueue';
+
+COMMENT ON FUNCTION asyncjobs.enqueue(text, jsonb, text, int, timestamptz, text, text, int, text, text) IS
+'queues a job of a registered operation; it runs after the calling transaction commits';
+
+CREATE FUNCTION asyncjobs.enqueue_sql(
+    command text,
+    data jsonb DEFAULT '{}',
+    name text DEFAULT NULL,
+    priority int DEFAULT NULL,
+    postpone_until timestamptz DEFAULT NULL,
+    dependency_token text DEFAULT NULL,
+    dedupe_key text DEFAULT NULL,
+    max_retries int DEFAULT NULL,
+    recurrence text DEFAULT NULL,
+    regarding text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'asyncjobs_enqueue_sql';
+
+COMMENT ON FUNCTION asyncjobs.enqueue_sql(text, jsonb, text, int, timestamptz, text, text, int, text, text) IS
+'queues a job that runs a SQL command (operationtype 54)';
+
+CREATE FUNCTION asyncjobs.wait(job bigint, timeout interval DEFAULT '30 seconds')
+RETURNS smallint
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'asyncjobs_wait';
+
+COMMENT ON FUNCTION asyncjobs.wait(bigint, interval) IS
+'waits until the job completes or the timeout passes; returns its statuscode';
+
+CREATE FUNCTION asyncjobs.current_job()
+RETURNS bigint
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'asyncjobs_current_job';
+
+COMMENT ON FUNCTION asyncjobs.current_job() IS
+'inside a running job: its asyncoperationid; elsewhere NULL';
+
+CREATE FUNCTION asyncjobs._workers(
+    OUT pid int, OUT database oid, OUT worker_id bigint,
+    OUT asyncoperationid bigint, OUT operation text, OUT since timestamptz,
+    OUT started timestamptz, OUT state text, OUT jobs_done bigint)
+RETURNS SETOF record
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'asyncjobs_workers';
+
+-- The live worker pool, read from shared memory.
+CREATE VIEW asyncjobs.workers AS
+SELECT w.pid, d.datname AS database, w.asyncoperationid, w.operation,
+       w.since, w.started, w.state, w.jobs_done, w.worker_id
+  FROM asyncjobs._workers() w
+  LEFT JOIN pg_catalog.pg_database d ON d.oid = w.database;
+
+COMMENT ON VIEW asyncjobs.workers IS
+'the live background workers of every database and the job each runs';
+
+-- Tell the launcher this database now has the extension, so that its
+-- workers start now rather than at the launcher's next scan.
+CREATE FUNCTION asyncjobs._database_changed()
+RETURNS void
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'asyncjobs_database_changed';
+
+SELECT asyncjobs._database_changed();
+
+--------------------------------------------------------------------------
+-- Privileges
+--------------------------------------------------------------------------
+
+REVOKE ALL ON ALL TABLES IN SCHEMA asyncjobs FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA asyncjobs FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA asyncjobs FROM PUBLIC;
+
+GRANT USAGE ON SCHEMA asyncjobs TO PUBLIC;
+GRANT SELECT ON asyncjobs.asyncoperation, asyncjobs.operation_type,
+                asyncjobs.status, asyncjobs.workers TO PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    asyncjobs.register_operation(text, regprocedure, int, interval, interval, interval, int, int),
+    asyncjobs.enqueue(text, jsonb, text, int, timestamptz, text, text, int, text, text),
+    asyncjobs.enqueue_sql(text, jsonb, text, int, timestamptz, text, text, int, text, text),
+    asyncjobs.wait(bigint, interval),
+    asyncjobs.current_job(),
+    asyncjobs._workers()
+    TO PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('asyncjobs.job', '');
+SELECT pg_catalog.pg_extension_config_dump('asyncjobs.job_history_default', '');
+SELECT pg_catalog.pg_extension_config_dump('asyncjobs.asyncoperation_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('asyncjobs.operation_type', 'WHERE NOT builtin');

@@ -1,0 +1,787 @@
+/*-------------------------------------------------------------------------
+ *
+ * api.c
+ *	  SQL-callable functions: register_operation, enqueue, enqueue_sql,
+ *	  wait, current_job, and the internal helpers the SQL script uses.
+ *
+ * Functions that write the job tables capture the caller (GetUserId(): the
+ * role a job will run as) and then do their reads and writes as the
+ * extension's owner.  The tables themselves are closed to PUBLIC, so no
+ * role can forge a job that runs as another.
+ *
+ * Copyright (c) 2026, the asyncjobs authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "parser/parser.h"
+#include "pgstat.h"
+#include "storage/proc.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/regproc.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "asyncjobs.h"
+
+PG_FUNCTION_INFO_V1(asyncjobs_check_preloaded);
+PG_FUNCTION_INFO_V1(asyncjobs_live_worker);
+PG_FUNCTION_INFO_V1(asyncjobs_register_operation);
+PG_FUNCTION_INFO_V1(asyncjobs_enqueue);
+PG_FUNCTION_INFO_V1(asyncjobs_enqueue_sql);
+PG_FUNCTION_INFO_V1(asyncjobs_wait);
+PG_FUNCTION_INFO_V1(asyncjobs_current_job);
+PG_FUNCTION_INFO_V1(asyncjobs_workers);
+PG_FUNCTION_INFO_V1(asyncjobs_database_changed);
+
+/* plans kept for the life of the backend */
+static SPIPlanPtr type_plan = NULL;
+static SPIPlanPtr insert_plan = NULL;
+static SPIPlanPtr status_plan = NULL;
+
+/*
+ * State saved while a function acts as the extension's owner.
+ */
+typedef struct OwnerSwitch
+{
+	Oid			save_userid;
+	int			save_sec_context;
+} OwnerSwitch;
+
+/*
+ * The owner of the extension's tables: the role that runs the writes of
+ * the API functions.
+ */
+static Oid
+extension_owner(void)
+{
+	Oid			nsp = get_namespace_oid(ASYNCJOBS_SCHEMA, false);
+	Oid			relid = get_relname_relid("job", nsp);
+	HeapTuple	tup;
+	Oid			owner;
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"asyncjobs\" is not installed correctly"),
+				 errdetail("Table asyncjobs.job does not exist.")));
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
+/* Errors abort the (sub)transaction, which restores the user by itself. */
+static void
+become_extension_owner(OwnerSwitch *sw)
+{
+	Oid			owner = extension_owner();
+
+	GetUserIdAndSecContext(&sw->save_userid, &sw->save_sec_context);
+	SetUserIdAndSecContext(owner,
+						   sw->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+static void
+restore_user(OwnerSwitch *sw)
+{
+	SetUserIdAndSecContext(sw->save_userid, sw->save_sec_context);
+}
+
+static SPIPlanPtr
+prepare_kept(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
+			 SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+static void
+require_not_null(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", name)));
+}
+
+/*
+ * An interval as milliseconds, counting a month as 30 days.
+ */
+static int64
+interval_ms(Interval *iv)
+{
+	return iv->time / 1000 +
+		(int64) iv->day * SECS_PER_DAY * 1000 +
+		(int64) iv->month * DAYS_PER_MONTH * SECS_PER_DAY * 1000;
+}
+
+static void
+require_positive_interval(Interval *iv, const char *name)
+{
+	if (interval_ms(iv) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be a positive interval", name),
+				 errdetail("The value given is %s.",
+						   DatumGetCString(DirectFunctionCall1(interval_out,
+															   IntervalPGetDatum(iv))))));
+}
+
+/*
+ * Checks a SQL job's command: it must parse and hold at least one
+ * statement.  A syntax error is reported here, at enqueue, with the
+ * parser's SQLSTATE (42601).
+ */
+static void
+check_sql_command(const char *command)
+{
+	List	   *stmts;
+
+	stmts = raw_parser(command, RAW_PARSE_DEFAULT);
+	if (stmts == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("SQL job command is empty"),
+				 errhint("Pass at least one SQL statement.")));
+}
+
+/*----
+ * asyncjobs._check_preloaded()
+ */
+Datum
+asyncjobs_check_preloaded(PG_FUNCTION_ARGS)
+{
+	asyncjobs_require_shmem();
+	PG_RETURN_VOID();
+}
+
+/*----
+ * asyncjobs._live_worker(worker bigint) -> boolean
+ *
+ * Whether a worker id belongs to a worker process that exists now.
+ */
+Datum
+asyncjobs_live_worker(PG_FUNCTION_ARGS)
+{
+	int64		worker_id = PG_GETARG_INT64(0);
+	bool		live = false;
+	int			i;
+
+	asyncjobs_require_shmem();
+	LWLockAcquire(AsyncJobs->lock, LW_SHARED);
+	for (i = 0; i < AsyncJobs->n_slots; i++)
+	{
+		AsyncJobsSlot *slot = &AsyncJobs->slots[i];
+
+		if (slot->worker_id == worker_id &&
+			slot->state != SLOT_FREE && slot->state != SLOT_EXITED)
+		{
+			live = true;
+			break;
+		}
+	}
+	LWLockRelease(AsyncJobs->lock);
+	PG_RETURN_BOOL(live);
+}
+
+/*----
+ * asyncjobs.register_operation(name, handler, max_retries, retry_delay,
+ *		retry_delay_max, timeout, max_concurrency, priority)
+ *
+ * Creates the operation, or updates it when it exists and the caller owns
+ * it.  A handler takes one jsonb argument and returns anything.
+ */
+Datum
+asyncjobs_register_operation(PG_FUNCTION_ARGS)
+{
+	text	   *name_t;
+	char	   *name;
+	Oid			handler = InvalidOid;
+	int32		max_retries;
+	Interval   *retry_delay;
+	Interval   *retry_delay_max;
+	Interval   *timeout;
+	Oid			caller = GetUserId();
+	OwnerSwitch sw;
+	int			rc;
+	Datum		args[9];
+	char		nulls[9];
+	static SPIPlanPtr existing_plan = NULL;
+	static SPIPlanPtr upsert_plan = NULL;
+
+	asyncjobs_require_shmem();
+
+	require_not_null(fcinfo, 0, "name");
+	require_not_null(fcinfo, 2, "max_retries");
+	require_not_null(fcinfo, 3, "retry_delay");
+	require_not_null(fcinfo, 4, "retry_delay_max");
+	require_not_null(fcinfo, 5, "timeout");
+	require_not_null(fcinfo, 7, "priority");
+
+	name_t = PG_GETARG_TEXT_PP(0);
+	name = text_to_cstring(name_t);
+	if (name[0] == '\0' || strlen(name) >= NAMEDATALEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("operation name must have between 1 and %d characters",
+						NAMEDATALEN - 1)));
+
+	max_retries = PG_GETARG_INT32(2);
+	if (max_retries < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_retries must not be negative"),
+				 errdetail("The value given is %d.", max_retries)));
+
+	retry_delay = PG_GETARG_INTERVAL_P(3);
+	retry_delay_max = PG_GETARG_INTERVAL_P(4);
+	timeout = PG_GETARG_INTERVAL_P(5);
+	require_positive_interval(retry_delay, "retry_delay");
+	require_positive_interval(retry_delay_max, "retry_delay_max");
+	require_positive_interval(timeout, "timeout");
+	if (interval_ms(retry_delay_max) < interval_ms(retry_delay))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("retry_delay_max must not be shorter than retry_delay")));
+	if (interval_ms(timeout) > INT_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout must be shorter than %d milliseconds", INT_MAX)));
+	if (!PG_ARGISNULL(6) && PG_GETARG_INT32(6) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_concurrency must be positive or NULL"),
+				 errdetail("The value given is %d.", PG_GETARG_INT32(6))));
+
+	if (!PG_ARGISNULL(1))
+	{
+		HeapTuple	tup;
+		Form_pg_proc proc;
+
+		handler = PG_GETARG_OID(1);
+		tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(handler));
+		if (!HeapTupleIsValid(tup))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("function with OID %u does not exist", handler)));
+		proc = (Form_pg_proc) GETSTRUCT(tup);
+		if (proc->prokind != PROKIND_FUNCTION || proc->proretset ||
+			proc->pronargs != 1 || proc->proargtypes.values[0] != JSONBOID)
+		{
+			char	   *fname = format_procedure(handler);
+
+			ReleaseSysCache(tup);
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+					 errmsg("function %s cannot be the handler of an operation", fname),
+					 errdetail("A handler is a plain function that takes one argument of type jsonb and returns one value of any type."),
+					 errhint("Write a wrapper such as CREATE FUNCTION my_handler(data jsonb) RETURNS jsonb.")));
+		}
+		ReleaseSysCache(tup);
+		if (pg_proc_aclcheck(handler, caller, ACL_EXECUTE) != ACLCHECK_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for function %s",
+							format_procedure(handler)),
+					 errdetail("Jobs of the operation run the handler as the role that enqueued them.")));
+	}
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	become_extension_owner(&sw);
+
+	if (existing_plan == NULL)
+	{
+		Oid			t1[1] = {TEXTOID};
+		Oid			t9[9] = {TEXTOID, OIDOID, INT4OID, INTERVALOID, INTERVALOID,
+		INTERVALOID, INT4OID, INT4OID, OIDOID};
+
+		existing_plan = prepare_kept(
+									 "SELECT owner::oid, builtin FROM asyncjobs.operation_type "
+									 "WHERE name = $1 FOR UPDATE", 1, t1);
+		upsert_plan = prepare_kept(
+								   "INSERT INTO asyncjobs.operation_type AS t "
+								   "(name, operationtype, handler, max_retries, retry_delay, "
+								   " retry_delay_max, timeout, max_concurrency, priority, owner) "
+								   "VALUES ($1, 1, $2::pg_catalog.regprocedure, $3, $4, $5, $6, $7, $8, $9::pg_catalog.regrole) "
+								   "ON CONFLICT (name) DO UPDATE SET "
+								   " handler = excluded.handler, max_retries = excluded.max_retries, "
+								   " retry_delay = excluded.retry_delay, "
+								   " retry_delay_max = excluded.retry_delay_max, "
+								   " timeout = excluded.timeout, "
+								   " max_concurrency = excluded.max_concurrency, "
+								   " priority = excluded.priority, modifiedon = pg_catalog.now()",
+								   9, t9);
+	}
+
+	args[0] = PointerGetDatum(name_t);
+	rc = SPI_execute_plan(existing_plan, args, NULL, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed > 0)
+	{
+		bool		isnull;
+		Oid			owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+														   SPI_tuptable->tupdesc,
+														   1, &isnull));
+		bool		builtin = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+														 SPI_tuptable->tupdesc,
+														 2, &isnull));
+
+		if (builtin && OidIsValid(handler))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("operation \"%s\" is built in; its handler cannot be set", name),
+					 errhint("Register a new operation under another name.")));
+		if (!builtin && !has_privs_of_role(caller, owner))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("must be owner of operation \"%s\"", name),
+					 errdetail("Operation \"%s\" was registered by role %s.",
+							   name, GetUserNameFromId(owner, false))));
+		if (builtin && !superuser_arg(caller))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("only a superuser may change built-in operation \"%s\"", name)));
+	}
+
+	memset(nulls, ' ', sizeof(nulls));
+	args[0] = PointerGetDatum(name_t);
+	args[1] = ObjectIdGetDatum(handler);
+	if (!OidIsValid(handler))
+		nulls[1] = 'n';
+	args[2] = Int32GetDatum(max_retries);
+	args[3] = IntervalPGetDatum(retry_delay);
+	args[4] = IntervalPGetDatum(retry_delay_max);
+	args[5] = IntervalPGetDatum(timeout);
+	if (PG_ARGISNULL(6))
+	{
+		args[6] = (Datum) 0;
+		nulls[6] = 'n';
+	}
+	else
+		args[6] = Int32GetDatum(PG_GETARG_INT32(6));
+	args[7] = Int32GetDatum(PG_GETARG_INT32(7));
+	args[8] = ObjectIdGetDatum(caller);
+	rc = SPI_execute_plan(upsert_plan, args, nulls, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+
+	restore_user(&sw);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * The work of enqueue() and enqueue_sql().  "data" is never NULL here.
+ */
+static int64
+enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb *data)
+{
+	Oid			caller = GetUserId();
+	OwnerSwitch sw;
+	int			rc;
+	bool		isnull;
+	int32		optype;
+	Oid			handler;
+	int32		type_max_retries;
+	int32		type_priority;
+	int32		max_retries;
+	Datum		args[10];
+	char		nulls[10];
+	int64		id;
+
+	if (!PG_ARGISNULL(5))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("dependency_token is not supported yet")));
+	if (!PG_ARGISNULL(6))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("dedupe_key is not supported yet")));
+	if (!PG_ARGISNULL(8))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("recurrence is not supported yet")));
+	if (!PG_ARGISNULL(7) && PG_GETARG_INT32(7) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_retries must not be negative"),
+				 errdetail("The value given is %d.", PG_GETARG_INT32(7))));
+	if (!PG_ARGISNULL(4) && TIMESTAMP_NOT_FINITE(PG_GETARG_TIMESTAMPTZ(4)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("postpone_until must be a finite timestamp")));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	become_extension_owner(&sw);
+
+	if (type_plan == NULL)
+	{
+		Oid			t1[1] = {TEXTOID};
+		Oid			t10[10] = {TEXTOID, INT4OID, TEXTOID, OIDOID, TIMESTAMPTZOID,
+		INT4OID, JSONBOID, INT4OID, TEXTOID, INT8OID};
+
+		type_plan = prepare_kept(
+								 "SELECT operationtype, handler::pg_catalog.oid, max_retries, priority "
+								 "FROM asyncjobs.operation_type WHERE name = $1", 1, t1);
+		insert_plan = prepare_kept(
+								   "INSERT INTO asyncjobs.job (name, operationtype, messagename, "
+								   " statecode, statuscode, ownerid, postponeuntil, runafter, "
+								   " maxretries, data, priority, depth, correlationid, "
+								   " regardingobjectid, parentid) "
+								   "SELECT coalesce($1, $3), $2, $3, "
+								   " CASE WHEN $5 > pg_catalog.now() THEN 1 ELSE 0 END, "
+								   " CASE WHEN $5 > pg_catalog.now() THEN 10 ELSE 0 END, "
+								   " $4::pg_catalog.regrole, $5, coalesce($5, pg_catalog.now()), "
+								   " $6, $7, $8, coalesce(p.depth + 1, 1), "
+								   " coalesce(p.correlationid, pg_catalog.gen_random_uuid()), "
+								   " $9, p.asyncoperationid "
+								   "FROM (SELECT) AS one "
+								   "LEFT JOIN asyncjobs.job p ON p.asyncoperationid = $10 "
+								   "RETURNING asyncoperationid",
+								   10, t10);
+	}
+
+	args[0] = PointerGetDatum(operation);
+	rc = SPI_execute_plan(type_plan, args, NULL, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("operation \"%s\" is not registered",
+						text_to_cstring(operation)),
+				 errhint("Register it with asyncjobs.register_operation(), or use asyncjobs.enqueue_sql() to run SQL.")));
+	optype = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	handler = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (isnull)
+		handler = InvalidOid;
+	type_max_retries = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	type_priority = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+
+	if (OidIsValid(handler) &&
+		pg_proc_aclcheck(handler, caller, ACL_EXECUTE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for function %s", format_procedure(handler)),
+				 errdetail("Jobs of operation \"%s\" run this handler as the role that enqueues them.",
+						   text_to_cstring(operation)),
+				 errhint("Ask the function's owner to GRANT EXECUTE on it.")));
+
+	if (optype == AJ_OPTYPE_SQL)
+	{
+		JsonbValue	key;
+		JsonbValue *cmd = NULL;
+
+		key.type = jbvString;
+		key.val.string.val = "command";
+		key.val.string.len = strlen("command");
+		if (JB_ROOT_IS_OBJECT(data))
+			cmd = findJsonbValueFromContainer(&data->root, JB_FOBJECT, &key);
+		if (cmd == NULL || cmd->type != jbvString)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("a job of operation \"%s\" needs a string member \"command\" in its data",
+							text_to_cstring(operation)),
+					 errhint("Use asyncjobs.enqueue_sql(command).")));
+		check_sql_command(pnstrdup(cmd->val.string.val, cmd->val.string.len));
+	}
+
+	max_retries = PG_ARGISNULL(7) ? type_max_retries : PG_GETARG_INT32(7);
+
+	memset(nulls, ' ', sizeof(nulls));
+	if (PG_ARGISNULL(2))
+	{
+		args[0] = (Datum) 0;
+		nulls[0] = 'n';
+	}
+	else
+		args[0] = PG_GETARG_DATUM(2);
+	args[1] = Int32GetDatum(optype);
+	args[2] = PointerGetDatum(operation);
+	args[3] = ObjectIdGetDatum(caller);
+	if (PG_ARGISNULL(4))
+	{
+		args[4] = (Datum) 0;
+		nulls[4] = 'n';
+	}
+	else
+		args[4] = PG_GETARG_DATUM(4);
+	args[5] = Int32GetDatum(max_retries);
+	args[6] = JsonbPGetDatum(data);
+	args[7] = Int32GetDatum(PG_ARGISNULL(3) ? type_priority : PG_GETARG_INT32(3));
+	if (PG_ARGISNULL(9))
+	{
+		args[8] = (Datum) 0;
+		nulls[8] = 'n';
+	}
+	else
+		args[8] = PG_GETARG_DATUM(9);
+	args[9] = Int64GetDatum(asyncjobs_current_job_id);
+	if (asyncjobs_current_job_id == 0)
+		nulls[9] = 'n';
+
+	rc = SPI_execute_plan(insert_plan, args, nulls, false, 0);
+	if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
+		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+	restore_user(&sw);
+	SPI_finish();
+
+	asyncjobs_wake_at_commit();
+	return id;
+}
+
+/*----
+ * asyncjobs.enqueue(operation, data, name, priority, postpone_until,
+ *		dependency_token, dedupe_key, max_retries, recurrence, regarding)
+ */
+Datum
+asyncjobs_enqueue(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *data;
+
+	asyncjobs_require_shmem();
+	require_not_null(fcinfo, 0, "operation");
+	if (PG_ARGISNULL(1))
+		data = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+	else
+		data = PG_GETARG_JSONB_P(1);
+
+	PG_RETURN_INT64(enqueue_internal(fcinfo, PG_GETARG_TEXT_PP(0), data));
+}
+
+/*----
+ * asyncjobs.enqueue_sql(command, data, <the options of enqueue>)
+ *
+ * A job of the built-in "sql" operation: data is the caller's data (an
+ * object) with the command added as its "command" member.
+ */
+Datum
+asyncjobs_enqueue_sql(PG_FUNCTION_ARGS)
+{
+	char	   *command;
+	Jsonb	   *data;
+	StringInfoData buf;
+	Datum		cmdjson;
+
+	asyncjobs_require_shmem();
+	require_not_null(fcinfo, 0, "command");
+	command = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"command\": ");
+	escape_json(&buf, command);
+	appendStringInfoChar(&buf, '}');
+	cmdjson = DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
+
+	if (PG_ARGISNULL(1))
+		data = DatumGetJsonbP(cmdjson);
+	else
+	{
+		Jsonb	   *given = PG_GETARG_JSONB_P(1);
+
+		if (!JB_ROOT_IS_OBJECT(given))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("data of a SQL job must be a JSON object")));
+		data = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
+												  JsonbPGetDatum(given), cmdjson));
+	}
+
+	PG_RETURN_INT64(enqueue_internal(fcinfo, cstring_to_text("sql"), data));
+}
+
+/*----
+ * asyncjobs.wait(job bigint, timeout interval) -> smallint
+ *
+ * Sleeps until the job completes (woken by the workers when they commit
+ * outcomes) or the timeout passes, and returns the job's statuscode.
+ */
+Datum
+asyncjobs_wait(PG_FUNCTION_ARGS)
+{
+	int64		job;
+	int64		timeout_ms;
+	TimestampTz deadline;
+	OwnerSwitch sw;
+	int16		status = -1;
+
+	asyncjobs_require_shmem();
+	require_not_null(fcinfo, 0, "job");
+	require_not_null(fcinfo, 1, "timeout");
+	job = PG_GETARG_INT64(0);
+	timeout_ms = interval_ms(PG_GETARG_INTERVAL_P(1));
+	if (timeout_ms < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout must not be negative")));
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("asyncjobs.wait() cannot be used in a REPEATABLE READ or SERIALIZABLE transaction"),
+				 errdetail("Such a transaction never sees the job's outcome commit."),
+				 errhint("Call it in a READ COMMITTED transaction.")));
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	become_extension_owner(&sw);
+	if (status_plan == NULL)
+	{
+		Oid			t1[1] = {INT8OID};
+
+		status_plan = prepare_kept(
+								   "SELECT statuscode, xmin FROM asyncjobs.job WHERE asyncoperationid = $1 "
+								   "UNION ALL "
+								   "SELECT statuscode, NULL FROM asyncjobs.job_history WHERE asyncoperationid = $1",
+								   1, t1);
+	}
+
+	ConditionVariablePrepareToSleep(&AsyncJobs->completion_cv);
+	for (;;)
+	{
+		Datum		arg = Int64GetDatum(job);
+		bool		isnull;
+		int			rc;
+		long		remaining;
+
+		rc = SPI_execute_plan(status_plan, &arg, NULL, false, 1);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("job %lld does not exist", (long long) job)));
+		status = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+		if (status >= AJ_STATUS_SUCCEEDED)
+			break;
+		{
+			Datum		xmin = SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 2, &isnull);
+
+			if (!isnull &&
+				TransactionIdIsCurrentTransactionId(DatumGetTransactionId(xmin)))
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("job %lld was enqueued or changed by the current transaction",
+								(long long) job),
+						 errdetail("No worker can start it before this transaction commits."),
+						 errhint("Commit first, then wait for the job.")));
+		}
+
+		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (remaining <= 0)
+			break;
+		/* woken by every commit of outcomes; the cap guards a missed one */
+		(void) ConditionVariableTimedSleep(&AsyncJobs->completion_cv,
+										   Min(remaining, 1000L),
+										   PG_WAIT_EXTENSION);
+		CHECK_FOR_INTERRUPTS();
+	}
+	ConditionVariableCancelSleep();
+
+	restore_user(&sw);
+	SPI_finish();
+	PG_RETURN_INT16(status);
+}
+
+/*----
+ * asyncjobs.current_job() -> bigint
+ */
+Datum
+asyncjobs_current_job(PG_FUNCTION_ARGS)
+{
+	if (asyncjobs_current_job_id == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(asyncjobs_current_job_id);
+}
+
+/*----
+ * asyncjobs._workers() -> setof record
+ */
+Datum
+asyncjobs_workers(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			i;
+	static const char *const state_names[] = {
+		"free", "starting", "idle", "claiming", "running", "exited"
+	};
+
+	asyncjobs_require_shmem();
+	InitMaterializedSRF(fcinfo, 0);
+
+	LWLockAcquire(AsyncJobs->lock, LW_SHARED);
+	for (i = 0; i < AsyncJobs->n_slots; i++)
+	{
+		AsyncJobsSlot *slot = &AsyncJobs->slots[i];
+		Datum		values[9];
+		bool		nulls[9];
+
+		if (slot->pid == 0 || slot->state == SLOT_FREE ||
+			slot->state == SLOT_EXITED)
+			continue;
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = Int32GetDatum(slot->pid);
+		values[1] = ObjectIdGetDatum(slot->dboid);
+		values[2] = Int64GetDatum(slot->worker_id);
+		if (slot->job_id != 0)
+		{
+			values[3] = Int64GetDatum(slot->job_id);
+			values[4] = CStringGetTextDatum(slot->operation);
+			values[5] = TimestampTzGetDatum(slot->since);
+		}
+		else
+			nulls[3] = nulls[4] = nulls[5] = true;
+		values[6] = TimestampTzGetDatum(slot->started);
+		values[7] = CStringGetTextDatum(state_names[slot->state]);
+		values[8] = Int64GetDatum(slot->jobs_done);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	LWLockRelease(AsyncJobs->lock);
+
+	return (Datum) 0;
+}
+
+/*----
+ * asyncjobs._database_changed()
+ *
+ * CREATE EXTENSION calls this: when the transaction commits, the launcher
+ * starts this database's workers.
+ */
+Datum
+asyncjobs_database_changed(PG_FUNCTION_ARGS)
+{
+	asyncjobs_require_shmem();
+	asyncjobs_notify_launcher_at_commit();
+	PG_RETURN_VOID();
+}

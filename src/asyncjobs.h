@@ -1,0 +1,191 @@
+/*-------------------------------------------------------------------------
+ *
+ * asyncjobs.h
+ *	  Declarations shared by the asyncjobs source files.
+ *
+ * asyncjobs is split by concern:
+ *	  module.c		_PG_init, settings, hooks
+ *	  shmem.c		shared state: the worker slots, wake-ups, the launcher's inbox
+ *	  launcher.c	the launcher background worker (one per server)
+ *	  worker.c		the per-database worker loop: claim, run, requeue
+ *	  executor.c	runs one job as its owner and captures its outcome
+ *	  retry.c		transient / permanent classification and backoff
+ *	  api.c			SQL-callable functions (register, enqueue, wait, ...)
+ *	  utility.c		keeps workers out of the way of DROP / RENAME DATABASE
+ *
+ * Copyright (c) 2026, the asyncjobs authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef ASYNCJOBS_H
+#define ASYNCJOBS_H
+
+#include "postgres.h"
+
+#include "compat.h"
+#include "datatype/timestamp.h"
+#include "storage/condition_variable.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+
+#define ASYNCJOBS_EXTENSION		"asyncjobs"
+#define ASYNCJOBS_SCHEMA		"asyncjobs"
+
+/* SQLSTATE a handler raises to ask for a retry ("AJ001") */
+#define ERRCODE_ASYNCJOBS_RETRY		MAKE_SQLSTATE('A','J','0','0','1')
+
+/* Dataverse state and status codes (DESIGN section 3) */
+#define AJ_STATE_READY			0
+#define AJ_STATE_SUSPENDED		1
+#define AJ_STATE_LOCKED			2
+#define AJ_STATE_COMPLETED		3
+
+#define AJ_STATUS_WAITING_FOR_RESOURCES	0
+#define AJ_STATUS_WAITING		10
+#define AJ_STATUS_RETRYING		11
+#define AJ_STATUS_PAUSED		12
+#define AJ_STATUS_IN_PROGRESS	20
+#define AJ_STATUS_PAUSING		21
+#define AJ_STATUS_CANCELING		22
+#define AJ_STATUS_SUCCEEDED		30
+#define AJ_STATUS_FAILED		31
+#define AJ_STATUS_CANCELED		32
+
+/* Dataverse operation type codes */
+#define AJ_OPTYPE_SYSTEM_EVENT	1
+#define AJ_OPTYPE_BULK_DELETE	13
+#define AJ_OPTYPE_CLEANUP		14
+#define AJ_OPTYPE_SQL			54
+
+/* ---- settings (module.c) ---- */
+extern int	asyncjobs_max_workers;
+extern int	asyncjobs_poll_interval;
+extern int	asyncjobs_batch_size;
+extern bool asyncjobs_enabled;
+extern int	asyncjobs_launcher_naptime;
+
+/* ---- shared memory (shmem.c) ---- */
+
+typedef enum AsyncJobsSlotState
+{
+	SLOT_FREE = 0,				/* unused */
+	SLOT_STARTING,				/* registered by the launcher, not running yet */
+	SLOT_IDLE,					/* running, waiting for work */
+	SLOT_CLAIMING,				/* running, looking for work */
+	SLOT_RUNNING,				/* running a job */
+	SLOT_EXITED					/* process gone; launcher frees the slot */
+} AsyncJobsSlotState;
+
+/* How a worker's life ended, read by the launcher once the process is gone */
+typedef enum AsyncJobsExitReason
+{
+	EXIT_UNKNOWN = 0,			/* crashed or killed */
+	EXIT_NO_EXTENSION,			/* database does not have the extension */
+	EXIT_SHUTDOWN,				/* asked to stop */
+	EXIT_SURPLUS				/* pool shrank */
+} AsyncJobsExitReason;
+
+typedef struct AsyncJobsSlot
+{
+	AsyncJobsSlotState state;
+	AsyncJobsExitReason exit_reason;
+	Oid			dboid;
+	pid_t		pid;
+	int64		worker_id;		/* unique across the server's lives */
+	Latch	   *latch;
+	int64		job_id;			/* job being run, 0 if none */
+	char		operation[NAMEDATALEN];
+	TimestampTz since;			/* when the current job started */
+	TimestampTz started;		/* when the process started */
+	int64		jobs_done;
+} AsyncJobsSlot;
+
+#define AJ_MAX_PENDING_DBS		16
+#define AJ_MAX_QUIESCED_DBS		8
+
+typedef struct AsyncJobsShared
+{
+	LWLock	   *lock;			/* protects everything below */
+	pid_t		launcher_pid;
+	Latch	   *launcher_latch;
+	int64		next_worker_id;
+	uint32		wake_cursor;	/* round robin for wake-ups */
+
+	/* databases that just created the extension, for the launcher */
+	int			n_pending;
+	bool		pending_overflow;
+	Oid			pending_dbs[AJ_MAX_PENDING_DBS];
+
+	/* databases whose workers must stay away (DROP / RENAME DATABASE) */
+	Oid			quiesced_dbs[AJ_MAX_QUIESCED_DBS];
+	TimestampTz quiesced_until[AJ_MAX_QUIESCED_DBS];
+
+	/* broadcast whenever a worker commits job outcomes (for wait()) */
+	ConditionVariable completion_cv;
+
+	int			n_slots;
+	AsyncJobsSlot slots[FLEXIBLE_ARRAY_MEMBER];
+} AsyncJobsShared;
+
+extern AsyncJobsShared *AsyncJobs;
+
+extern void asyncjobs_shmem_request(void);
+extern void asyncjobs_shmem_startup(void);
+extern void asyncjobs_require_shmem(void);
+extern void asyncjobs_wake_at_commit(void);
+extern void asyncjobs_wake_database(Oid dboid, int count);
+extern void asyncjobs_notify_launcher(Oid dboid);
+extern void asyncjobs_notify_launcher_at_commit(void);
+extern bool asyncjobs_database_quiesced(Oid dboid);
+extern void asyncjobs_quiesce_database(Oid dboid, bool on);
+
+/* ---- launcher.c / worker.c ---- */
+extern PGDLLEXPORT void asyncjobs_launcher_main(Datum main_arg);
+extern PGDLLEXPORT void asyncjobs_worker_main(Datum main_arg);
+extern void asyncjobs_register_launcher(void);
+extern void asyncjobs_utility_init(void);
+
+/* The job the current process runs (worker.c), 0 when none */
+extern int64 asyncjobs_current_job_id;
+
+/* ---- executor.c ---- */
+
+/* A claimed job, as the worker hands it to the executor */
+typedef struct AsyncJob
+{
+	int64		id;
+	char	   *operation;
+	int			operationtype;
+	Oid			owner;
+	char	   *data;			/* jsonb as text */
+	int			retrycount;
+	int			maxretries;
+	Oid			handler;
+	int64		timeout_ms;
+	int64		retry_delay_ms;
+	int64		retry_delay_max_ms;
+} AsyncJob;
+
+/* What happened when a job ran */
+typedef struct AsyncJobOutcome
+{
+	bool		succeeded;
+	char	   *result;			/* jsonb text or NULL */
+	int			sqlerrcode;
+	char	   *message;		/* full report: ERROR, DETAIL, HINT, CONTEXT */
+	char	   *friendly;		/* primary message only */
+	char	   *detail;
+	char	   *hint;
+	char	   *context;
+	TimestampTz started;
+	TimestampTz ended;
+} AsyncJobOutcome;
+
+extern void asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome);
+extern void asyncjobs_reset_session_state(void);
+
+/* ---- retry.c ---- */
+extern bool asyncjobs_error_is_transient(int sqlerrcode);
+extern int64 asyncjobs_backoff_ms(int retrycount, int64 delay_ms, int64 max_ms);
+
+#endif							/* ASYNCJOBS_H */

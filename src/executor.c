@@ -1,0 +1,330 @@
+/*-------------------------------------------------------------------------
+ *
+ * executor.c
+ *	  Runs one job: its handler (or SQL command) in a subtransaction, as
+ *	  the job's owner, under the type's timeout; captures the error if it
+ *	  fails; and afterwards clears what the job may have left in the
+ *	  session, so that the next job starts clean.
+ *
+ * The caller owns the top-level transaction: the job's effects and its
+ * outcome row commit together, or not at all.
+ *
+ * Privileges: the job runs with SetUserIdAndSecContext(owner,
+ * SECURITY_LOCAL_USERID_CHANGE), the same state as inside a SECURITY
+ * DEFINER function.  Permission checks use the owner, and SET ROLE / SET
+ * SESSION AUTHORIZATION are refused, so a job can never reach the
+ * superuser the worker connects as.
+ *
+ * Copyright (c) 2026, the asyncjobs authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "commands/prepare.h"
+#include "commands/sequence.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timeout.h"
+
+#include "asyncjobs.h"
+
+/* Prepared calls of handler functions, by function OID */
+typedef struct HandlerPlan
+{
+	Oid			handler;		/* hash key */
+	SPIPlanPtr	plan;
+	bool		returns_void;
+} HandlerPlan;
+
+static HTAB *handler_plans = NULL;
+
+static char *run_handler(AsyncJob *job);
+static char *run_sql(AsyncJob *job);
+static HandlerPlan *handler_plan(Oid handler);
+static char *format_error_report(ErrorData *edata);
+
+/*
+ * Runs the job and fills in its outcome.  Must be called inside a
+ * top-level transaction, in the memory context that should hold the
+ * outcome; returns in the same transaction and context.
+ */
+void
+asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+
+	memset(outcome, 0, sizeof(AsyncJobOutcome));
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	save_nestlevel = NewGUCNestLevel();
+
+	outcome->started = GetCurrentTimestamp();
+	if (job->timeout_ms > 0)
+		enable_timeout_after(STATEMENT_TIMEOUT,
+							 (int) Min(job->timeout_ms, (int64) INT_MAX));
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+
+	PG_TRY();
+	{
+		char	   *result;
+
+		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(job->owner)))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("owner of job %lld no longer exists",
+							(long long) job->id)));
+
+		SetUserIdAndSecContext(job->owner,
+							   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		PushActiveSnapshot(GetTransactionSnapshot());
+
+		if (job->operationtype == AJ_OPTYPE_SQL)
+			result = run_sql(job);
+		else
+			result = run_handler(job);
+
+		/* the result must outlive SPI and the subtransaction */
+		if (result)
+			result = MemoryContextStrdup(oldcxt, result);
+
+		PopActiveSnapshot();
+		SPI_finish();
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+
+		outcome->succeeded = true;
+		outcome->result = result;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+
+		/* restores the user, the snapshot stack and SPI */
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+
+		outcome->succeeded = false;
+		outcome->sqlerrcode = edata->sqlerrcode;
+		outcome->friendly = pstrdup(edata->message ? edata->message : "unknown error");
+		outcome->detail = edata->detail ? pstrdup(edata->detail) : NULL;
+		outcome->hint = edata->hint ? pstrdup(edata->hint) : NULL;
+		outcome->context = edata->context ? pstrdup(edata->context) : NULL;
+		outcome->message = format_error_report(edata);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+
+	outcome->ended = GetCurrentTimestamp();
+
+	/*
+	 * Stop the job's timer.  Had it fired after the job finished, the
+	 * cancel it asked for would hit the outcome's write instead: drop it.
+	 */
+	disable_timeout(STATEMENT_TIMEOUT, false);
+	if (get_timeout_indicator(STATEMENT_TIMEOUT, true))
+		QueryCancelPending = false;
+
+	/* every SET the job made, LOCAL or not, ends with the job */
+	AtEOXact_GUC(false, save_nestlevel);
+}
+
+/*
+ * Calls the handler with the job's data; returns its result as jsonb text
+ * (NULL for a void handler or a NULL result).
+ */
+static char *
+run_handler(AsyncJob *job)
+{
+	HandlerPlan *hp;
+	Datum		arg;
+	char		nulls = ' ';
+	int			rc;
+
+	if (!OidIsValid(job->handler))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("operation \"%s\" has no handler", job->operation)));
+
+	hp = handler_plan(job->handler);
+	arg = DirectFunctionCall1(jsonb_in, CStringGetDatum(job->data));
+	rc = SPI_execute_plan(hp->plan, &arg, &nulls, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+
+	if (hp->returns_void || SPI_processed == 0)
+		return NULL;
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+/*
+ * Looks up (or prepares) the statement that calls a handler.  The plan is
+ * kept for the life of the worker; plan invalidation takes care of DDL.
+ */
+static HandlerPlan *
+handler_plan(Oid handler)
+{
+	HandlerPlan *hp;
+	bool		found;
+	HeapTuple	tup;
+	Form_pg_proc proc;
+	char	   *call;
+	Oid			argtype = JSONBOID;
+
+	if (handler_plans == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(HandlerPlan);
+		ctl.hcxt = TopMemoryContext;
+		handler_plans = hash_create("asyncjobs handler plans", 16, &ctl,
+									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+
+	hp = hash_search(handler_plans, &handler, HASH_FIND, NULL);
+	if (hp)
+		return hp;
+
+	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(handler));
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("handler function with OID %u does not exist", handler),
+				 errhint("Register the operation again with its current handler.")));
+	proc = (Form_pg_proc) GETSTRUCT(tup);
+	call = quote_qualified_identifier(get_namespace_name(proc->pronamespace),
+									  NameStr(proc->proname));
+	if (proc->prorettype == VOIDOID)
+		call = psprintf("SELECT %s($1::pg_catalog.jsonb)", call);
+	else
+		call = psprintf("SELECT pg_catalog.to_jsonb(%s($1::pg_catalog.jsonb))", call);
+
+	hp = hash_search(handler_plans, &handler, HASH_ENTER, &found);
+	hp->returns_void = (proc->prorettype == VOIDOID);
+	ReleaseSysCache(tup);
+
+	hp->plan = SPI_prepare(call, 1, &argtype);
+	if (hp->plan == NULL)
+	{
+		(void) hash_search(handler_plans, &handler, HASH_REMOVE, NULL);
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s", call,
+			 SPI_result_code_string(SPI_result));
+	}
+	SPI_keepplan(hp->plan);
+	return hp;
+}
+
+/*
+ * Runs the command of a SQL job (operationtype 54).  Its result is the
+ * number of rows the last statement processed.
+ */
+static char *
+run_sql(AsyncJob *job)
+{
+	Datum		d;
+	Jsonb	   *data;
+	JsonbValue	key;
+	JsonbValue *cmd;
+	char	   *command;
+	int			rc;
+
+	d = DirectFunctionCall1(jsonb_in, CStringGetDatum(job->data));
+	data = DatumGetJsonbP(d);
+	key.type = jbvString;
+	key.val.string.val = "command";
+	key.val.string.len = strlen("command");
+	cmd = findJsonbValueFromContainer(&data->root, JB_FOBJECT, &key);
+	if (cmd == NULL || cmd->type != jbvString)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("SQL job has no command"),
+				 errdetail("The job's data has no string member \"command\".")));
+	command = pnstrdup(cmd->val.string.val, cmd->val.string.len);
+
+	rc = SPI_execute(command, false, 0);
+	if (rc == SPI_ERROR_TRANSACTION)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_TERMINATION),
+				 errmsg("transaction control statements are not allowed in a SQL job"),
+				 errdetail("The job runs inside the worker's transaction, which commits the job's outcome together with its effects.")));
+	if (rc < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("statement not supported in a SQL job: %s",
+						SPI_result_code_string(rc))));
+
+	return psprintf("{\"rows\": " UINT64_FORMAT "}", (uint64) SPI_processed);
+}
+
+/*
+ * The "stack trace" kept in the job's message column, in the shape psql
+ * prints an error.
+ */
+static char *
+format_error_report(ErrorData *edata)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "ERROR:  %s", edata->message ? edata->message : "");
+	if (edata->detail)
+		appendStringInfo(&buf, "\nDETAIL:  %s", edata->detail);
+	if (edata->hint)
+		appendStringInfo(&buf, "\nHINT:  %s", edata->hint);
+	if (edata->context)
+		appendStringInfo(&buf, "\nCONTEXT:  %s", edata->context);
+	return buf.data;
+}
+
+/*
+ * Clears the session state a job may leave behind, inside the job's
+ * transaction and as the worker's own user: temporary tables, prepared
+ * statements, LISTEN registrations and sequence caches.  (GUCs and the
+ * role are restored by asyncjobs_run_job; session advisory locks are
+ * released by the caller after commit.)
+ */
+void
+asyncjobs_reset_session_state(void)
+{
+	Oid			temp_ns;
+	Oid			temp_toast_ns;
+
+	GetTempNamespaceState(&temp_ns, &temp_toast_ns);
+	if (OidIsValid(temp_ns))
+		ResetTempTableNamespace();
+	DropAllPreparedStatements();
+	Async_UnlistenAll();
+	ResetSequenceCaches();
+}

@@ -1,0 +1,544 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The per-database asyncjobs worker: claims batches of due jobs with
+ *	  FOR UPDATE SKIP LOCKED, runs each in its own transaction together
+ *	  with its outcome, and requeues the jobs of workers that died.
+ *
+ * Loop:
+ *	  claim up to asyncjobs.batch_size jobs and mark them InProgress (one
+ *	  commit); run each job in a transaction of its own that also writes
+ *	  its outcome (executor.c), then look for more.  When a claim finds
+ *	  nothing the worker sleeps until an enqueue wakes it (shmem.c) or
+ *	  asyncjobs.poll_interval passes.
+ *
+ * The batch of jobs run per transaction is one for now; run_claimed() is
+ * the place where several short jobs can share a commit.
+ *
+ * A job stays Locked with its worker's id while it waits and runs.  If the
+ * worker dies, the job keeps that id, which no live slot holds any more:
+ * the next worker to start (the launcher replaces a dead worker at once),
+ * or any worker's periodic check, requeues it.
+ *
+ * Copyright (c) 2026, the asyncjobs authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lock.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "asyncjobs.h"
+
+/* checks that are not worth doing on every loop */
+#define ORPHAN_CHECK_MS			(10 * 1000)
+#define PARTITION_CHECK_MS		(3600 * 1000)
+
+int64		asyncjobs_current_job_id = 0;
+
+static AsyncJobsSlot *MySlot = NULL;
+static int64 MyWorkerId = 0;
+static char *MyHostId = NULL;
+static MemoryContext batch_context = NULL;
+
+static SPIPlanPtr claim_plan = NULL;
+static SPIPlanPtr finish_plan = NULL;
+static SPIPlanPtr retry_plan = NULL;
+
+static void worker_detach(int code, Datum arg);
+static bool worker_extension_present(char **dbname);
+static int	claim_jobs(AsyncJob **jobs);
+static void run_claimed(AsyncJob *job);
+static void record_outcome(AsyncJob *job, AsyncJobOutcome *outcome);
+static void run_maintenance(const char *sql);
+static SPIPlanPtr prepare_kept(const char *sql, int nargs, Oid *argtypes);
+static char *attempt_json(AsyncJob *job, AsyncJobOutcome *outcome,
+						  const char *kind);
+
+void
+asyncjobs_worker_main(Datum main_arg)
+{
+	int			slotno = DatumGetInt32(main_arg);
+	Oid			dboid;
+	TimestampTz last_orphan_check;
+	TimestampTz last_partition_check;
+	char	   *dbname = NULL;
+
+	memcpy(&dboid, MyBgworkerEntry->bgw_extra, sizeof(Oid));
+	memcpy(&MyWorkerId, MyBgworkerEntry->bgw_extra + sizeof(Oid), sizeof(int64));
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	/* take our slot; the launcher filled in the database and our id */
+	if (slotno < 0 || slotno >= AsyncJobs->n_slots)
+		proc_exit(0);
+	LWLockAcquire(AsyncJobs->lock, LW_EXCLUSIVE);
+	MySlot = &AsyncJobs->slots[slotno];
+	if (MySlot->worker_id != MyWorkerId || MySlot->state != SLOT_STARTING)
+	{
+		LWLockRelease(AsyncJobs->lock);
+		MySlot = NULL;
+		proc_exit(0);
+	}
+	MySlot->pid = MyProcPid;
+	MySlot->latch = MyLatch;
+	MySlot->started = GetCurrentTimestamp();
+	LWLockRelease(AsyncJobs->lock);
+	before_shmem_exit(worker_detach, (Datum) 0);
+
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	pgstat_report_appname("asyncjobs worker");
+
+	if (!worker_extension_present(&dbname))
+	{
+		MySlot->exit_reason = EXIT_NO_EXTENSION;
+		proc_exit(0);
+	}
+
+	batch_context = AllocSetContextCreate(TopMemoryContext,
+										  "asyncjobs worker batch",
+										  ALLOCSET_DEFAULT_SIZES);
+	MyHostId = MemoryContextStrdup(TopMemoryContext,
+								   psprintf("%d@%s", MyProcPid, dbname));
+
+	/* now we are a proper member of the pool: tell the launcher */
+	MySlot->state = SLOT_CLAIMING;
+	LWLockAcquire(AsyncJobs->lock, LW_SHARED);
+	if (AsyncJobs->launcher_latch)
+		SetLatch(AsyncJobs->launcher_latch);
+	LWLockRelease(AsyncJobs->lock);
+
+	run_maintenance("SELECT asyncjobs._requeue_orphans()");
+	run_maintenance("SELECT asyncjobs.maintain_partitions()");
+	last_orphan_check = last_partition_check = GetCurrentTimestamp();
+
+	for (;;)
+	{
+		TimestampTz now;
+		int			n = 0;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		if (asyncjobs_enabled)
+		{
+			AsyncJob   *jobs;
+			int			i;
+
+			/* mark ourselves as looking before the claim takes its snapshot */
+			MySlot->state = SLOT_CLAIMING;
+			pg_memory_barrier();
+
+			MemoryContextReset(batch_context);
+			n = claim_jobs(&jobs);
+			if (n > 0)
+			{
+				MySlot->state = SLOT_RUNNING;
+				/* a full batch suggests more work: share it */
+				if (n == asyncjobs_batch_size)
+					asyncjobs_wake_database(MyDatabaseId, 1);
+				for (i = 0; i < n; i++)
+					run_claimed(&jobs[i]);
+			}
+		}
+
+		now = GetCurrentTimestamp();
+		if (TimestampDifferenceExceeds(last_orphan_check, now, ORPHAN_CHECK_MS))
+		{
+			run_maintenance("SELECT asyncjobs._requeue_orphans()");
+			last_orphan_check = now;
+		}
+		if (TimestampDifferenceExceeds(last_partition_check, now, PARTITION_CHECK_MS))
+		{
+			run_maintenance("SELECT asyncjobs.maintain_partitions()");
+			last_partition_check = now;
+		}
+
+		/* after a batch, look again at once: jobs may have come meanwhile */
+		if (n > 0)
+			continue;
+
+		MySlot->state = SLOT_IDLE;
+		pgstat_report_activity(STATE_IDLE, NULL);
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 asyncjobs_poll_interval,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+
+		/* the extension may have been dropped while we slept */
+		if (!worker_extension_present(NULL))
+		{
+			MySlot->exit_reason = EXIT_NO_EXTENSION;
+			proc_exit(0);
+		}
+	}
+}
+
+static void
+worker_detach(int code, Datum arg)
+{
+	if (MySlot == NULL)
+		return;
+	LWLockAcquire(AsyncJobs->lock, LW_EXCLUSIVE);
+	if (MySlot->worker_id == MyWorkerId)
+	{
+		MySlot->state = SLOT_EXITED;
+		MySlot->pid = 0;
+		MySlot->latch = NULL;
+		MySlot->job_id = 0;
+	}
+	LWLockRelease(AsyncJobs->lock);
+}
+
+/*
+ * Does this database have the extension?  Optionally also returns the
+ * database's name, in TopMemoryContext.
+ */
+static bool
+worker_extension_present(char **dbname)
+{
+	bool		present;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	present = OidIsValid(get_extension_oid(ASYNCJOBS_EXTENSION, true));
+	if (dbname)
+		*dbname = MemoryContextStrdup(TopMemoryContext,
+									  get_database_name(MyDatabaseId));
+	CommitTransactionCommand();
+	return present;
+}
+
+static SPIPlanPtr
+prepare_kept(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
+			 SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+static char *
+get_text(HeapTuple tup, TupleDesc desc, int col)
+{
+	return SPI_getvalue(tup, desc, col);
+}
+
+static int64
+get_int64(HeapTuple tup, TupleDesc desc, int col, int64 dflt)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	if (isnull)
+		return dflt;
+	switch (SPI_gettypeid(desc, col))
+	{
+		case INT4OID:
+			return DatumGetInt32(d);
+		case OIDOID:
+			return DatumGetObjectId(d);
+		default:
+			return DatumGetInt64(d);
+	}
+}
+
+/*
+ * Claims up to asyncjobs.batch_size due jobs and commits them as
+ * InProgress.  The jobs are copied into batch_context.
+ */
+static int
+claim_jobs(AsyncJob **jobs)
+{
+	Datum		args[3];
+	int			rc;
+	int			n;
+	int			i;
+	MemoryContext oldcxt;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	debug_query_string = "asyncjobs claim";
+	pgstat_report_activity(STATE_RUNNING, "asyncjobs claim");
+
+	if (claim_plan == NULL)
+	{
+		Oid			types[3] = {INT8OID, TEXTOID, INT4OID};
+
+		claim_plan = prepare_kept("SELECT * FROM asyncjobs._claim($1, $2, $3)",
+								  3, types);
+	}
+
+	args[0] = Int64GetDatum(MyWorkerId);
+	args[1] = CStringGetTextDatum(MyHostId);
+	args[2] = Int32GetDatum(asyncjobs_batch_size);
+	rc = SPI_execute_plan(claim_plan, args, NULL, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "asyncjobs claim failed: %s", SPI_result_code_string(rc));
+
+	n = (int) SPI_processed;
+	oldcxt = MemoryContextSwitchTo(batch_context);
+	*jobs = palloc0(sizeof(AsyncJob) * Max(n, 1));
+	for (i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		AsyncJob   *job = &(*jobs)[i];
+
+		job->id = get_int64(tup, desc, 1, 0);
+		job->operation = get_text(tup, desc, 2);
+		job->operationtype = (int) get_int64(tup, desc, 3, 0);
+		job->owner = (Oid) get_int64(tup, desc, 4, InvalidOid);
+		job->data = get_text(tup, desc, 5);
+		job->retrycount = (int) get_int64(tup, desc, 6, 0);
+		job->maxretries = (int) get_int64(tup, desc, 7, 0);
+		job->handler = (Oid) get_int64(tup, desc, 8, InvalidOid);
+		job->timeout_ms = get_int64(tup, desc, 9, 0);
+		job->retry_delay_ms = get_int64(tup, desc, 10, 10000);
+		job->retry_delay_max_ms = get_int64(tup, desc, 11, 3600 * 1000);
+	}
+	MemoryContextSwitchTo(oldcxt);
+
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	debug_query_string = NULL;
+	return n;
+}
+
+/*
+ * Runs one claimed job in a transaction of its own that also records its
+ * outcome, so that the job's effects and its outcome commit together.
+ */
+static void
+run_claimed(AsyncJob *job)
+{
+	AsyncJobOutcome outcome;
+	MemoryContext oldcxt;
+
+	CHECK_FOR_INTERRUPTS();
+
+	MySlot->job_id = job->id;
+	strlcpy(MySlot->operation, job->operation, NAMEDATALEN);
+	MySlot->since = GetCurrentTimestamp();
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	oldcxt = MemoryContextSwitchTo(batch_context);
+	debug_query_string = job->operation;
+	pgstat_report_activity(STATE_RUNNING, job->operation);
+	asyncjobs_current_job_id = job->id;
+
+	asyncjobs_run_job(job, &outcome);
+	asyncjobs_current_job_id = 0;
+
+	record_outcome(job, &outcome);
+	asyncjobs_reset_session_state();
+
+	MemoryContextSwitchTo(oldcxt);
+	CommitTransactionCommand();
+	debug_query_string = NULL;
+
+	/* session-level advisory locks the job took outlive its transaction */
+	LockReleaseSession(USER_LOCKMETHOD);
+
+	MySlot->job_id = 0;
+	MySlot->operation[0] = '\0';
+	MySlot->jobs_done++;
+	ConditionVariableBroadcast(&AsyncJobs->completion_cv);
+	pgstat_report_stat(false);
+}
+
+/*
+ * Writes the outcome of a job in the current transaction: Succeeded or
+ * Failed (moved to history), or back to wait for a retry.
+ */
+static void
+record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
+{
+	double		timespan = (double) (outcome->ended - outcome->started) / USECS_PER_SEC;
+	bool		retry = false;
+	char	   *sqlstate = NULL;
+	int			rc;
+
+	if (!outcome->succeeded)
+	{
+		sqlstate = pstrdup(unpack_sql_state(outcome->sqlerrcode));
+		retry = asyncjobs_error_is_transient(outcome->sqlerrcode) &&
+			job->retrycount < job->maxretries;
+	}
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+
+	if (finish_plan == NULL)
+	{
+		Oid			ftypes[9] = {INT8OID, INT2OID, JSONBOID, TIMESTAMPTZOID,
+		FLOAT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID};
+		Oid			rtypes[8] = {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+		FLOAT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID};
+
+		finish_plan = prepare_kept("SELECT asyncjobs._finish($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+								   9, ftypes);
+		retry_plan = prepare_kept("SELECT asyncjobs._retry_later($1, $2, $3, $4, $5, $6, $7, $8)",
+								  8, rtypes);
+	}
+
+	if (retry)
+	{
+		Datum		args[8];
+		char		nulls[8] = "        ";
+		int64		delay = asyncjobs_backoff_ms(job->retrycount,
+												 job->retry_delay_ms,
+												 job->retry_delay_max_ms);
+
+		args[0] = Int64GetDatum(job->id);
+		args[1] = TimestampTzGetDatum(TimestampTzPlusMilliseconds(outcome->ended, delay));
+		args[2] = TimestampTzGetDatum(outcome->started);
+		args[3] = Float8GetDatum(timespan);
+		args[4] = CStringGetTextDatum(sqlstate);
+		args[5] = CStringGetTextDatum(outcome->message);
+		args[6] = CStringGetTextDatum(outcome->friendly);
+		args[7] = DirectFunctionCall1(jsonb_in,
+									  CStringGetDatum(attempt_json(job, outcome, "retry")));
+		rc = SPI_execute_plan(retry_plan, args, nulls, false, 0);
+	}
+	else
+	{
+		Datum		args[9];
+		char		nulls[9] = "         ";
+
+		args[0] = Int64GetDatum(job->id);
+		args[1] = Int16GetDatum(outcome->succeeded ? AJ_STATUS_SUCCEEDED : AJ_STATUS_FAILED);
+		if (outcome->result)
+			args[2] = DirectFunctionCall1(jsonb_in, CStringGetDatum(outcome->result));
+		else
+			nulls[2] = 'n';
+		args[3] = TimestampTzGetDatum(outcome->started);
+		args[4] = Float8GetDatum(timespan);
+		if (outcome->succeeded)
+			nulls[5] = nulls[6] = nulls[7] = 'n';
+		else
+		{
+			args[5] = CStringGetTextDatum(sqlstate);
+			args[6] = CStringGetTextDatum(outcome->message);
+			args[7] = CStringGetTextDatum(outcome->friendly);
+		}
+		args[8] = DirectFunctionCall1(jsonb_in,
+									  CStringGetDatum(attempt_json(job, outcome,
+																   outcome->succeeded ? "succeeded" : "failed")));
+		rc = SPI_execute_plan(finish_plan, args, nulls, false, 0);
+	}
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "asyncjobs could not record the outcome of job %lld: %s",
+			 (long long) job->id, SPI_result_code_string(rc));
+
+	PopActiveSnapshot();
+	SPI_finish();
+
+	if (!outcome->succeeded)
+		ereport(retry ? LOG : WARNING,
+				(errmsg("asyncjobs job %lld (%s) failed: %s",
+						(long long) job->id, job->operation, outcome->friendly),
+				 retry ? errdetail("The error is transient; retry %d of %d follows.",
+								   job->retrycount + 1, job->maxretries)
+				 : errdetail("The job ended Failed after %d retries.", job->retrycount),
+				 retry ? 0 : errhint("Look up the job with SELECT * FROM asyncjobs.asyncoperation WHERE asyncoperationid = %lld.",
+									 (long long) job->id)));
+}
+
+/*
+ * One attempt's entry in the job's attempts history.
+ */
+static char *
+attempt_json(AsyncJob *job, AsyncJobOutcome *outcome, const char *kind)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"attempt\": %d, \"outcome\": \"%s\", \"started\": ",
+					 job->retrycount + 1, kind);
+	escape_json(&buf, timestamptz_to_str(outcome->started));
+	appendStringInfoString(&buf, ", \"ended\": ");
+	escape_json(&buf, timestamptz_to_str(outcome->ended));
+	appendStringInfo(&buf, ", \"worker\": ");
+	escape_json(&buf, MyHostId);
+	if (!outcome->succeeded)
+	{
+		appendStringInfoString(&buf, ", \"errorcode\": ");
+		escape_json(&buf, unpack_sql_state(outcome->sqlerrcode));
+		appendStringInfoString(&buf, ", \"message\": ");
+		escape_json(&buf, outcome->friendly);
+		if (outcome->detail)
+		{
+			appendStringInfoString(&buf, ", \"detail\": ");
+			escape_json(&buf, outcome->detail);
+		}
+		if (outcome->hint)
+		{
+			appendStringInfoString(&buf, ", \"hint\": ");
+			escape_json(&buf, outcome->hint);
+		}
+		if (outcome->context)
+		{
+			appendStringInfoString(&buf, ", \"context\": ");
+			escape_json(&buf, outcome->context);
+		}
+	}
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+/*
+ * Runs a housekeeping statement in a transaction of its own.
+ */
+static void
+run_maintenance(const char *sql)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	debug_query_string = sql;
+	pgstat_report_activity(STATE_RUNNING, sql);
+	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "asyncjobs maintenance failed: %s", sql);
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+	debug_query_string = NULL;
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
