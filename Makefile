@@ -18,8 +18,7 @@ PGFILEDESC = "asyncjobs - asynchronous job system"
 PG_CPPFLAGS = -I$(srcdir)/src
 
 REGRESS = api errors
-REGRESS_OPTS = --inputdir=test --outputdir=test --temp-instance=./tmp_check \
-	--temp-config=./test/asyncjobs.conf
+REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=./test/asyncjobs.conf
 
 ISOLATION = claim enqueue
 ISOLATION_OPTS = --inputdir=test --outputdir=test/output_iso \
@@ -30,7 +29,7 @@ TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
 PROVE_FLAGS = -I ./test/perl
 
-EXTRA_CLEAN = test/results test/output_iso test/regression.* test/log
+EXTRA_CLEAN = test/output_iso
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)

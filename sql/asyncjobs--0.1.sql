@@ -145,48 +145,39 @@ COMMENT ON TABLE asyncjobs.job_history IS
 CREATE INDEX job_history_id_idx ON asyncjobs.job_history (asyncoperationid);
 CREATE INDEX job_history_status_idx ON asyncjobs.job_history (statuscode, completedon);
 
--- Catches completions outside every daily partition (should stay empty:
--- asyncjobs.maintain_partitions() creates the days ahead of need).
-CREATE TABLE asyncjobs.job_history_default
-    PARTITION OF asyncjobs.job_history DEFAULT;
-
--- Creates the daily partitions from today - 1 to today + days_ahead that do
--- not exist yet, moving any row the default partition holds for such a day
--- into its new partition.  Returns how many partitions it created.
+-- Creates the daily partitions (UTC days) from yesterday to today +
+-- days_ahead that do not exist yet; returns how many it created.  Each is
+-- made aside and then attached, which locks the parent only in SHARE
+-- UPDATE EXCLUSIVE mode: readers and writers of history are not blocked.
+-- The workers call it hourly; there is no default partition, so history
+-- never needs rows moved out of one.
 CREATE FUNCTION asyncjobs.maintain_partitions(days_ahead int DEFAULT 7)
 RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    today   date := (now() AT TIME ZONE 'UTC')::date;
     d       date;
     part    text;
     created int := 0;
-    lo      timestamptz;
-    hi      timestamptz;
 BEGIN
     IF days_ahead IS NULL OR days_ahead < 0 OR days_ahead > 366 THEN
         RAISE EXCEPTION 'days_ahead must be between 0 and 366'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    FOR d IN SELECT g::date FROM generate_series(current_date - 1,
-                                                 current_date + days_ahead,
+    -- one maintainer at a time (the workers of a database all call this)
+    PERFORM pg_advisory_xact_lock(1634364018, 1);
+    FOR d IN SELECT g::date FROM generate_series(today - 1, today + days_ahead,
                                                  interval '1 day') g
     LOOP
         part := 'job_history_' || to_char(d, 'YYYYMMDD');
         CONTINUE WHEN to_regclass('asyncjobs.' || quote_ident(part)) IS NOT NULL;
-        lo := d::timestamptz;
-        hi := (d + 1)::timestamptz;
-        -- a partition and the default may not both hold a day: build the
-        -- new one aside with the default's rows for the day, then attach
         EXECUTE format('CREATE TABLE asyncjobs.%I (LIKE asyncjobs.job_history INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
-        EXECUTE format('WITH moved AS (DELETE FROM asyncjobs.job_history_default
-                                        WHERE completedon >= $1 AND completedon < $2
-                                        RETURNING *)
-                        INSERT INTO asyncjobs.%I SELECT * FROM moved', part)
-            USING lo, hi;
         EXECUTE format('ALTER TABLE asyncjobs.job_history ATTACH PARTITION asyncjobs.%I
-                        FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
+                        FOR VALUES FROM (%L) TO (%L)', part,
+                       d::timestamp AT TIME ZONE 'UTC',
+                       (d + 1)::timestamp AT TIME ZONE 'UTC');
         created := created + 1;
     END LOOP;
     RETURN created;
@@ -511,6 +502,5 @@ GRANT EXECUTE ON FUNCTION
     TO PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('asyncjobs.job', '');
-SELECT pg_catalog.pg_extension_config_dump('asyncjobs.job_history_default', '');
 SELECT pg_catalog.pg_extension_config_dump('asyncjobs.asyncoperation_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('asyncjobs.operation_type', 'WHERE NOT builtin');

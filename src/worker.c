@@ -41,6 +41,7 @@
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -68,7 +69,7 @@ static bool worker_extension_present(char **dbname);
 static int	claim_jobs(AsyncJob **jobs);
 static void run_claimed(AsyncJob *job);
 static void record_outcome(AsyncJob *job, AsyncJobOutcome *outcome);
-static void run_maintenance(const char *sql);
+static bool run_maintenance(const char *sql);
 static SPIPlanPtr prepare_kept(const char *sql, int nargs, Oid *argtypes);
 static char *attempt_json(AsyncJob *job, AsyncJobOutcome *outcome,
 						  const char *kind);
@@ -128,8 +129,8 @@ asyncjobs_worker_main(Datum main_arg)
 		SetLatch(AsyncJobs->launcher_latch);
 	LWLockRelease(AsyncJobs->lock);
 
-	run_maintenance("SELECT asyncjobs._requeue_orphans()");
-	run_maintenance("SELECT asyncjobs.maintain_partitions()");
+	(void) run_maintenance("SELECT asyncjobs._requeue_orphans()");
+	(void) run_maintenance("SELECT asyncjobs.maintain_partitions()");
 	last_orphan_check = last_partition_check = GetCurrentTimestamp();
 
 	for (;;)
@@ -169,13 +170,16 @@ asyncjobs_worker_main(Datum main_arg)
 		now = GetCurrentTimestamp();
 		if (TimestampDifferenceExceeds(last_orphan_check, now, ORPHAN_CHECK_MS))
 		{
-			run_maintenance("SELECT asyncjobs._requeue_orphans()");
+			(void) run_maintenance("SELECT asyncjobs._requeue_orphans()");
 			last_orphan_check = now;
 		}
-		if (TimestampDifferenceExceeds(last_partition_check, now, PARTITION_CHECK_MS))
+		if (TimestampDifferenceExceeds(last_partition_check, now, PARTITION_CHECK_MS) ||
+			now / USECS_PER_DAY != last_partition_check / USECS_PER_DAY)
 		{
-			run_maintenance("SELECT asyncjobs.maintain_partitions()");
 			last_partition_check = now;
+			/* on failure (a lock held too long), try again in a minute */
+			if (!run_maintenance("SELECT asyncjobs.maintain_partitions()"))
+				last_partition_check = now - (PARTITION_CHECK_MS - 60 * 1000) * (int64) 1000;
 		}
 
 		/* after a batch, look again at once: jobs may have come meanwhile */
@@ -522,23 +526,46 @@ attempt_json(AsyncJob *job, AsyncJobOutcome *outcome, const char *kind)
 }
 
 /*
- * Runs a housekeeping statement in a transaction of its own.
+ * Runs a housekeeping statement in a transaction of its own.  It must not
+ * hold up the jobs: it waits for locks at most a second, and a failure is
+ * logged and tried again at the next round instead of ending the worker.
  */
-static void
+static bool
 run_maintenance(const char *sql)
 {
+	MemoryContext oldcxt = CurrentMemoryContext;
+	volatile bool ok = true;
+
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	debug_query_string = sql;
-	pgstat_report_activity(STATE_RUNNING, sql);
-	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "asyncjobs maintenance failed: %s", sql);
-	PopActiveSnapshot();
-	SPI_finish();
-	CommitTransactionCommand();
+	PG_TRY();
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		PushActiveSnapshot(GetTransactionSnapshot());
+		debug_query_string = sql;
+		pgstat_report_activity(STATE_RUNNING, sql);
+		(void) set_config_option("lock_timeout", "1000", PGC_SUSET,
+								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+		if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "asyncjobs maintenance failed: %s", sql);
+		PopActiveSnapshot();
+		SPI_finish();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		HOLD_INTERRUPTS();
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		RESUME_INTERRUPTS();
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
 	debug_query_string = NULL;
 	pgstat_report_activity(STATE_IDLE, NULL);
+	return ok;
 }
