@@ -6,9 +6,10 @@
  *	  with its outcome, and requeues the jobs of workers that died.
  *
  * Loop:
- *	  claim up to asyncjobs.batch_size jobs and mark them InProgress (one
- *	  commit); run each job in a transaction of its own that also writes
- *	  its outcome (executor.c), then look for more.  When a claim finds
+ *	  claim up to asyncjobs.batch_size jobs (fewer while jobs run long)
+ *	  and mark them InProgress (one commit); run each job in a transaction
+ *	  of its own that also writes its outcome (executor.c), then look for
+ *	  more.  When a claim finds
  *	  nothing the worker sleeps until an enqueue wakes it (shmem.c) or
  *	  asyncjobs.poll_interval passes.
  *
@@ -49,6 +50,15 @@
 
 #include "asyncjobs.h"
 
+/*
+ * A worker claims up to asyncjobs.batch_size jobs at once only while jobs
+ * are short: a claimed job waits for the ones before it in the batch, and
+ * long jobs are better spread over the pool.  The claim size doubles after
+ * a batch whose jobs took less than this on average, and drops to one
+ * after a slower batch.
+ */
+#define SHORT_JOB_US			(20 * 1000)
+
 /* checks that are not worth doing on every loop */
 #define ORPHAN_CHECK_MS			(10 * 1000)
 #define PARTITION_CHECK_MS		(3600 * 1000)
@@ -66,7 +76,7 @@ static SPIPlanPtr retry_plan = NULL;
 
 static void worker_detach(int code, Datum arg);
 static bool worker_extension_present(char **dbname);
-static int	claim_jobs(AsyncJob **jobs);
+static int	claim_jobs(AsyncJob **jobs, int limit);
 static void run_claimed(AsyncJob *job);
 static void record_outcome(AsyncJob *job, AsyncJobOutcome *outcome);
 static bool run_maintenance(const char *sql);
@@ -82,6 +92,7 @@ asyncjobs_worker_main(Datum main_arg)
 	TimestampTz last_orphan_check;
 	TimestampTz last_partition_check;
 	char	   *dbname = NULL;
+	int			claim_size = 1;
 
 	memcpy(&dboid, MyBgworkerEntry->bgw_extra, sizeof(Oid));
 	memcpy(&MyWorkerId, MyBgworkerEntry->bgw_extra + sizeof(Oid), sizeof(int64));
@@ -155,15 +166,23 @@ asyncjobs_worker_main(Datum main_arg)
 			pg_memory_barrier();
 
 			MemoryContextReset(batch_context);
-			n = claim_jobs(&jobs);
+			claim_size = Min(claim_size, asyncjobs_batch_size);
+			n = claim_jobs(&jobs, claim_size);
 			if (n > 0)
 			{
+				TimestampTz batch_start = GetCurrentTimestamp();
+
 				MySlot->state = SLOT_RUNNING;
 				/* a full batch suggests more work: share it */
-				if (n == asyncjobs_batch_size)
+				if (n == claim_size)
 					asyncjobs_wake_database(MyDatabaseId, 1);
 				for (i = 0; i < n; i++)
 					run_claimed(&jobs[i]);
+
+				if ((GetCurrentTimestamp() - batch_start) / n < SHORT_JOB_US)
+					claim_size = Min(claim_size * 2, asyncjobs_batch_size);
+				else
+					claim_size = 1;
 			}
 		}
 
@@ -276,11 +295,10 @@ get_int64(HeapTuple tup, TupleDesc desc, int col, int64 dflt)
 }
 
 /*
- * Claims up to asyncjobs.batch_size due jobs and commits them as
- * InProgress.  The jobs are copied into batch_context.
+ * Claims up to "limit" due jobs and commits them as InProgress.  The jobs are copied into batch_context.
  */
 static int
-claim_jobs(AsyncJob **jobs)
+claim_jobs(AsyncJob **jobs, int limit)
 {
 	Datum		args[3];
 	int			rc;
@@ -306,7 +324,7 @@ claim_jobs(AsyncJob **jobs)
 
 	args[0] = Int64GetDatum(MyWorkerId);
 	args[1] = CStringGetTextDatum(MyHostId);
-	args[2] = Int32GetDatum(asyncjobs_batch_size);
+	args[2] = Int32GetDatum(limit);
 	rc = SPI_execute_plan(claim_plan, args, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "asyncjobs claim failed: %s", SPI_result_code_string(rc));
