@@ -27,10 +27,12 @@ ISOLATION_OPTS = --inputdir=test --outputdir=test/output_iso \
 
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
-PROVE_FLAGS = -I ./test/perl
 
 EXTRA_CLEAN = test/output_iso
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# after the include: PGXS's Makefile.global resets PROVE_FLAGS
+PROVE_FLAGS = -I ./test/perl

@@ -78,6 +78,7 @@ typedef struct DatabaseEntry
 } DatabaseEntry;
 
 static HTAB *databases = NULL;
+static bool rescan_needed = false;
 static MemoryContext launcher_context = NULL;
 
 static void launcher_detach(int code, Datum arg);
@@ -158,8 +159,9 @@ asyncjobs_launcher_main(Datum main_arg)
 		}
 
 		now = GetCurrentTimestamp();
-		if (now >= next_scan)
+		if (now >= next_scan || rescan_needed)
 		{
+			rescan_needed = false;
 			launcher_scan_databases();
 			next_scan = TimestampTzPlusMilliseconds(now, asyncjobs_launcher_naptime);
 		}
@@ -381,7 +383,13 @@ launcher_reap(DatabaseEntry *entry, TimestampTz now)
 			continue;
 		}
 
-		/* the worker is gone */
+		/*
+		 * The worker is gone.  One that never got past its start may have
+		 * found its database dropped: read pg_database again before
+		 * replacing it.
+		 */
+		if (slot->state == SLOT_STARTING)
+			rescan_needed = true;
 		switch (slot->exit_reason)
 		{
 			case EXIT_NO_EXTENSION:
@@ -402,10 +410,11 @@ launcher_reap(DatabaseEntry *entry, TimestampTz now)
 					}
 					if (++entry->deaths > 5)
 					{
+						if (entry->hold_until <= now)
+							ereport(LOG,
+									(errmsg("asyncjobs workers of database \"%s\" keep exiting; next start in 5 seconds",
+											entry->datname)));
 						entry->hold_until = TimestampTzPlusMilliseconds(now, 5000);
-						ereport(LOG,
-								(errmsg("asyncjobs workers of database \"%s\" keep exiting; next start in 5 seconds",
-										entry->datname)));
 					}
 				}
 				break;

@@ -151,6 +151,8 @@ asyncjobs_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 			asyncjobs_quiesce_database(dboid, false);
 		}
 		PG_END_TRY();
+		/* the launcher rereads pg_database: the database may be gone */
+		asyncjobs_notify_launcher_at_commit();
 		return;
 	}
 

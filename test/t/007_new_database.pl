@@ -83,16 +83,8 @@ ok($node->poll_until(
 ok($node->wait_for_workers('postgres', 2, 10), 'postgres has two workers again');
 sleep(2);    # let any stray start show up in the log
 my $log = $node->log_since($log_offset);
-TODO:
 {
-	# Known bug (launcher.c): the launcher forgets a dropped database only
-	# at its next pg_database scan (asyncjobs.launcher_naptime); when it
-	# wakes before that, launcher_balance() starts workers for the dropped
-	# OID, which die with FATAL "database N does not exist" until the
-	# crash-loop guard holds them.  Fix in C: have the DROP DATABASE hook
-	# tell the launcher at commit (so it rescans), or rescan before
-	# restarting a worker that died before it connected.
-	local $TODO = 'launcher starts workers for a dropped database';
+	# the DROP DATABASE hook tells the launcher, which rereads pg_database
 	unlike($log, qr/database \d+ does not exist/,
 		'no worker tried to connect to the dropped database');
 	unlike($log,
