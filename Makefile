@@ -12,15 +12,20 @@ OBJS = \
 	src/worker.o
 
 EXTENSION = asyncjobs
-DATA = sql/asyncjobs--0.1.sql
+# The install script is the concatenation of sql/parts/*.sql in name order:
+# 00_core first, 90_privileges revokes PUBLIC's default rights, and the
+# 9x_grants_* files after it grant what each part makes public.
+DATA_built = sql/asyncjobs--0.1.sql
+SQL_PARTS = $(sort $(wildcard sql/parts/*.sql))
 PGFILEDESC = "asyncjobs - asynchronous job system"
 
 PG_CPPFLAGS = -I$(srcdir)/src
 
-REGRESS = api errors
+# every sql/*.sql is a pg_regress test (api.sql, first by name, creates the extension)
+REGRESS = $(sort $(basename $(notdir $(wildcard sql/*.sql))))
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=./test/asyncjobs.conf
 
-ISOLATION = claim enqueue
+ISOLATION = $(sort $(basename $(notdir $(wildcard test/specs/*.spec))))
 ISOLATION_OPTS = --inputdir=test --outputdir=test/output_iso \
 	--temp-instance=./tmp_check_iso \
 	--temp-config=./test/isolation.conf --load-extension=asyncjobs
@@ -36,3 +41,9 @@ include $(PGXS)
 
 # after the include: PGXS's Makefile.global resets PROVE_FLAGS
 PROVE_FLAGS = -I ./test/perl
+
+# every source includes the shared header: rebuild all when it changes
+$(OBJS): src/asyncjobs.h src/compat.h
+
+sql/asyncjobs--0.1.sql: $(SQL_PARTS)
+	cat $^ > $@

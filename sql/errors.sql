@@ -52,9 +52,10 @@ SELECT pg_temp.try($$SELECT asyncjobs.enqueue('no_such_operation')$$);
 SELECT pg_temp.try($$SELECT asyncjobs.enqueue('good', '{not json')$$);
 SELECT pg_temp.try($$SELECT asyncjobs.enqueue('good', max_retries => -1)$$);
 SELECT pg_temp.try($$SELECT asyncjobs.enqueue('good', postpone_until => 'infinity')$$);
-SELECT pg_temp.try($$SELECT asyncjobs.enqueue('good', dedupe_key => 'k')$$);
-SELECT pg_temp.try($$SELECT asyncjobs.enqueue('good', dependency_token => 't')$$);
-SELECT pg_temp.try($$SELECT asyncjobs.enqueue('good', recurrence => 'FREQ=DAILY')$$);
+SELECT pg_temp.try($$SELECT asyncjobs.enqueue('good', dedupe_key => '')$$);
+SELECT pg_temp.try($$SELECT asyncjobs.enqueue('good', dependency_token => '')$$);
+SELECT pg_temp.try($$SELECT asyncjobs.enqueue('good', recurrence => 'FREQ=SOMETIMES')$$);
+SELECT pg_temp.try($$SELECT asyncjobs.enqueue('good', recurrence => '')$$);
 SELECT pg_temp.try($$SELECT asyncjobs.enqueue('sql', '{}')$$);
 SELECT pg_temp.try($$SELECT asyncjobs.enqueue('sql', '{"command": 42}')$$);
 
@@ -64,6 +65,17 @@ SELECT pg_temp.try($$SELECT asyncjobs.enqueue_sql('')$$);
 SELECT pg_temp.try($$SELECT asyncjobs.enqueue_sql('  ;  ')$$);
 SELECT pg_temp.try($$SELECT asyncjobs.enqueue_sql('SELEC 1')$$);
 SELECT pg_temp.try($$SELECT asyncjobs.enqueue_sql('SELECT 1', data => '[1, 2]')$$);
+
+-- job control
+SELECT pg_temp.try($$SELECT asyncjobs.cancel(NULL)$$);
+SELECT pg_temp.try($$SELECT asyncjobs.cancel(-1)$$);
+SELECT pg_temp.try($$SELECT asyncjobs.pause(-1)$$);
+SELECT pg_temp.try($$SELECT asyncjobs.resume(-1)$$);
+SELECT pg_temp.try($$SELECT asyncjobs.postpone(-1, now())$$);
+SELECT pg_temp.try($$SELECT asyncjobs.retry(-1)$$);
+SELECT pg_temp.try($$SELECT asyncjobs.pause_operation(NULL)$$);
+SELECT pg_temp.try($$SELECT asyncjobs.pause_operation('no_such_operation')$$);
+SELECT pg_temp.try($$SELECT asyncjobs.resume_operation('no_such_operation')$$);
 
 -- wait
 SELECT pg_temp.try($$SELECT asyncjobs.wait(NULL)$$);

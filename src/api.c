@@ -15,6 +15,8 @@
  */
 #include "postgres.h"
 
+#include <signal.h>
+
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -30,6 +32,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
+#include "utils/hsearch.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -37,6 +40,7 @@
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
+#include "utils/uuid.h"
 
 #include "asyncjobs.h"
 
@@ -49,6 +53,8 @@ PG_FUNCTION_INFO_V1(asyncjobs_wait);
 PG_FUNCTION_INFO_V1(asyncjobs_current_job);
 PG_FUNCTION_INFO_V1(asyncjobs_workers);
 PG_FUNCTION_INFO_V1(asyncjobs_database_changed);
+
+bool		asyncjobs_loop_detected = false;
 
 /* plans kept for the life of the backend */
 static SPIPlanPtr type_plan = NULL;
@@ -410,27 +416,30 @@ enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb *data)
 	int32		type_max_retries;
 	int32		type_priority;
 	int32		max_retries;
-	Datum		args[10];
-	char		nulls[10];
-	int64		id;
+	Datum		args[15];
+	char		nulls[15];
+	int64		id = 0;
+	int32		depth = 1;
+	bool		have_correlation = false;
+	Datum		correlation = (Datum) 0;
+	int			tries;
+	static SPIPlanPtr parent_plan = NULL;
+	static SPIPlanPtr dedupe_plan = NULL;
+	static SPIPlanPtr recurrence_plan = NULL;
 
-	if (!PG_ARGISNULL(5))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("dependency_token is not supported yet")));
-	if (!PG_ARGISNULL(6))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("dedupe_key is not supported yet")));
-	if (!PG_ARGISNULL(8))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("recurrence is not supported yet")));
 	if (!PG_ARGISNULL(7) && PG_GETARG_INT32(7) < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_retries must not be negative"),
 				 errdetail("The value given is %d.", PG_GETARG_INT32(7))));
+	if (!PG_ARGISNULL(5) && VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(5)) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("dependency_token must not be empty")));
+	if (!PG_ARGISNULL(6) && VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(6)) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("dedupe_key must not be empty")));
 	if (!PG_ARGISNULL(4) && TIMESTAMP_NOT_FINITE(PG_GETARG_TIMESTAMPTZ(4)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -443,28 +452,46 @@ enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb *data)
 	if (type_plan == NULL)
 	{
 		Oid			t1[1] = {TEXTOID};
-		Oid			t10[10] = {TEXTOID, INT4OID, TEXTOID, OIDOID, TIMESTAMPTZOID,
-		INT4OID, JSONBOID, INT4OID, TEXTOID, INT8OID};
+		Oid			t2[2] = {TEXTOID, TEXTOID};
+		Oid			t8[1] = {INT8OID};
+		Oid			t15[15] = {TEXTOID, INT4OID, TEXTOID, OIDOID, TIMESTAMPTZOID,
+			INT4OID, JSONBOID, INT4OID, TEXTOID, INT4OID, UUIDOID, INT8OID,
+		TEXTOID, TEXTOID, TEXTOID};
 
 		type_plan = prepare_kept(
 								 "SELECT operationtype, handler::pg_catalog.oid, max_retries, priority "
 								 "FROM asyncjobs.operation_type WHERE name = $1", 1, t1);
+		parent_plan = prepare_kept(
+								   "SELECT depth, correlationid, "
+								   " correlationupdatedtime > pg_catalog.now() - interval '1 hour' "
+								   "FROM asyncjobs.job WHERE asyncoperationid = $1", 1, t8);
+		dedupe_plan = prepare_kept(
+								   "SELECT asyncoperationid FROM asyncjobs.job "
+								   "WHERE messagename = $1 AND dedupekey = $2", 2, t2);
+		recurrence_plan = prepare_kept(
+									   "SELECT asyncjobs._recurrence_step($1)", 1, t1);
+		/*
+		 * A job behind another of its dependency token waits (Suspended /
+		 * Waiting); a key already held by an active job makes nothing.
+		 */
 		insert_plan = prepare_kept(
 								   "INSERT INTO asyncjobs.job (name, operationtype, messagename, "
 								   " statecode, statuscode, ownerid, postponeuntil, runafter, "
 								   " maxretries, data, priority, depth, correlationid, "
-								   " regardingobjectid, parentid) "
+								   " regardingobjectid, parentid, dependencytoken, dedupekey, "
+								   " recurrencepattern, recurrencestarttime) "
 								   "SELECT coalesce($1, $3), $2, $3, "
-								   " CASE WHEN $5 > pg_catalog.now() THEN 1 ELSE 0 END, "
-								   " CASE WHEN $5 > pg_catalog.now() THEN 10 ELSE 0 END, "
+								   " CASE WHEN $5 > pg_catalog.now() OR w.behind THEN 1 ELSE 0 END, "
+								   " CASE WHEN $5 > pg_catalog.now() OR w.behind THEN 10 ELSE 0 END, "
 								   " $4::pg_catalog.regrole, $5, coalesce($5, pg_catalog.now()), "
-								   " $6, $7, $8, coalesce(p.depth + 1, 1), "
-								   " coalesce(p.correlationid, pg_catalog.gen_random_uuid()), "
-								   " $9, p.asyncoperationid "
-								   "FROM (SELECT) AS one "
-								   "LEFT JOIN asyncjobs.job p ON p.asyncoperationid = $10 "
+								   " $6, $7, $8, $10, coalesce($11, pg_catalog.gen_random_uuid()), "
+								   " $9, $12, $13, $14, $15, "
+								   " CASE WHEN $15 IS NOT NULL THEN coalesce($5, pg_catalog.now()) END "
+								   "FROM (SELECT $13 IS NOT NULL AND EXISTS ("
+								   "       SELECT 1 FROM asyncjobs.job d WHERE d.dependencytoken = $13) AS behind) w "
+								   "ON CONFLICT (messagename, dedupekey) WHERE dedupekey IS NOT NULL DO NOTHING "
 								   "RETURNING asyncoperationid",
-								   10, t10);
+								   15, t15);
 	}
 
 	args[0] = PointerGetDatum(operation);
@@ -514,6 +541,51 @@ enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb *data)
 
 	max_retries = PG_ARGISNULL(7) ? type_max_retries : PG_GETARG_INT32(7);
 
+	/* an invalid recurrence pattern is an error here, not at the first run */
+	if (!PG_ARGISNULL(8))
+	{
+		args[0] = PG_GETARG_DATUM(8);
+		rc = SPI_execute_plan(recurrence_plan, args, NULL, false, 1);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+	}
+
+	/*
+	 * Loop protection: a job enqueued by a running job is one deeper in
+	 * the same correlation, unless the chain has been quiet for an hour.
+	 */
+	if (asyncjobs_current_job_id != 0)
+	{
+		args[0] = Int64GetDatum(asyncjobs_current_job_id);
+		rc = SPI_execute_plan(parent_plan, args, NULL, false, 1);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+		if (SPI_processed > 0)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[0];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			int32		parent_depth = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+			bool		recent = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+
+			correlation = SPI_datumTransfer(SPI_getbinval(tup, desc, 2, &isnull),
+											false, UUID_LEN);
+			have_correlation = true;
+			depth = recent ? parent_depth + 1 : 1;
+		}
+		if (depth > asyncjobs_max_depth)
+		{
+			asyncjobs_loop_detected = true;
+			ereport(ERROR,
+					(errcode(ERRCODE_ASYNCJOBS_LOOP),
+					 errmsg("infinite loop detected: job %lld would enqueue a job of depth %d, past asyncjobs.max_depth (%d)",
+							(long long) asyncjobs_current_job_id, depth,
+							asyncjobs_max_depth),
+					 errdetail("Jobs that enqueue jobs form a chain of the same correlationid; this chain has not been quiet for an hour."),
+					 errhint("Break the cycle: have the job check whether its work is already done before it enqueues more. "
+							 "If the chain is meant to be this deep, raise asyncjobs.max_depth.")));
+		}
+	}
+
 	memset(nulls, ' ', sizeof(nulls));
 	if (PG_ARGISNULL(2))
 	{
@@ -542,14 +614,61 @@ enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb *data)
 	}
 	else
 		args[8] = PG_GETARG_DATUM(9);
-	args[9] = Int64GetDatum(asyncjobs_current_job_id);
+	args[9] = Int32GetDatum(depth);
+	args[10] = correlation;
+	if (!have_correlation)
+		nulls[10] = 'n';
+	args[11] = Int64GetDatum(asyncjobs_current_job_id);
 	if (asyncjobs_current_job_id == 0)
-		nulls[9] = 'n';
+		nulls[11] = 'n';
+	/* dependency_token, dedupe_key, recurrence: $13, $14, $15 */
+	args[12] = PG_ARGISNULL(5) ? (Datum) 0 : PG_GETARG_DATUM(5);
+	nulls[12] = PG_ARGISNULL(5) ? 'n' : ' ';
+	args[13] = PG_ARGISNULL(6) ? (Datum) 0 : PG_GETARG_DATUM(6);
+	nulls[13] = PG_ARGISNULL(6) ? 'n' : ' ';
+	args[14] = PG_ARGISNULL(8) ? (Datum) 0 : PG_GETARG_DATUM(8);
+	nulls[14] = PG_ARGISNULL(8) ? 'n' : ' ';
 
-	rc = SPI_execute_plan(insert_plan, args, nulls, false, 0);
-	if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
-		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	/*
+	 * With a dedupe key, an active job with the same key makes the insert
+	 * do nothing: return that job.  If it completed in between, insert
+	 * again.
+	 */
+	for (tries = 0; tries < 10 && id == 0; tries++)
+	{
+		rc = SPI_execute_plan(insert_plan, args, nulls, false, 1);
+		if (rc != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+		if (SPI_processed == 1)
+		{
+			id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+			break;
+		}
+		else
+		{
+			Datum		dargs[2] = {PointerGetDatum(operation), args[13]};
+
+			rc = SPI_execute_plan(dedupe_plan, dargs, NULL, false, 1);
+			if (rc != SPI_OK_SELECT)
+				elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+			if (SPI_processed == 1)
+			{
+				id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 1, &isnull));
+				restore_user(&sw);
+				SPI_finish();
+				/* nothing new: no worker to wake */
+				return id;
+			}
+		}
+	}
+	if (id == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not enqueue with dedupe key \"%s\": it kept changing hands",
+						TextDatumGetCString(args[13])),
+				 errhint("Try the enqueue again.")));
 
 	restore_user(&sw);
 	SPI_finish();
@@ -773,6 +892,19 @@ asyncjobs_workers(PG_FUNCTION_ARGS)
 }
 
 /*----
+ * asyncjobs._wake_at_commit()
+ */
+PG_FUNCTION_INFO_V1(asyncjobs_wake_at_commit_sql);
+
+Datum
+asyncjobs_wake_at_commit_sql(PG_FUNCTION_ARGS)
+{
+	asyncjobs_require_shmem();
+	asyncjobs_wake_at_commit();
+	PG_RETURN_VOID();
+}
+
+/*----
  * asyncjobs._database_changed()
  *
  * CREATE EXTENSION calls this: when the transaction commits, the launcher
@@ -784,4 +916,236 @@ asyncjobs_database_changed(PG_FUNCTION_ARGS)
 	asyncjobs_require_shmem();
 	asyncjobs_notify_launcher_at_commit();
 	PG_RETURN_VOID();
+}
+
+/*
+ * Plans of asyncjobs_api_call, by the OID of the calling SQL function.
+ */
+typedef struct ApiPlan
+{
+	Oid			fn_oid;			/* hash key */
+	SPIPlanPtr	plan;
+	bool		retset;
+	bool		typbyval;
+	int16		typlen;
+} ApiPlan;
+
+static HTAB *api_plans = NULL;
+
+static ApiPlan *
+api_plan(Oid fn_oid)
+{
+	ApiPlan    *ap;
+	bool		found;
+	HeapTuple	tup;
+	Form_pg_proc proc;
+	StringInfoData sql;
+	Oid		   *argtypes;
+	int			i;
+
+	if (api_plans == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(ApiPlan);
+		ctl.hcxt = TopMemoryContext;
+		api_plans = hash_create("asyncjobs API plans", 32, &ctl,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	ap = hash_search(api_plans, &fn_oid, HASH_FIND, NULL);
+	if (ap)
+		return ap;
+
+	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn_oid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for function %u", fn_oid);
+	proc = (Form_pg_proc) GETSTRUCT(tup);
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT %s%s($1::pg_catalog.regrole",
+					 proc->proretset ? "* FROM " : "",
+					 quote_qualified_identifier(ASYNCJOBS_SCHEMA,
+												psprintf("_%s_impl", NameStr(proc->proname))));
+	argtypes = palloc(sizeof(Oid) * (proc->pronargs + 1));
+	argtypes[0] = OIDOID;
+	for (i = 0; i < proc->pronargs; i++)
+	{
+		argtypes[i + 1] = proc->proargtypes.values[i];
+		appendStringInfo(&sql, ", $%d", i + 2);
+	}
+	appendStringInfoChar(&sql, ')');
+
+	ap = hash_search(api_plans, &fn_oid, HASH_ENTER, &found);
+	ap->retset = proc->proretset;
+	get_typlenbyval(proc->prorettype, &ap->typlen, &ap->typbyval);
+	ap->plan = SPI_prepare(sql.data, proc->pronargs + 1, argtypes);
+	ReleaseSysCache(tup);
+	if (ap->plan == NULL)
+	{
+		(void) hash_search(api_plans, &fn_oid, HASH_REMOVE, NULL);
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql.data,
+			 SPI_result_code_string(SPI_result));
+	}
+	SPI_keepplan(ap->plan);
+	return ap;
+}
+
+/*----
+ * The C side of most API functions.  A function declared
+ *
+ *		CREATE FUNCTION asyncjobs.NAME(args) ... LANGUAGE C
+ *		AS 'MODULE_PATHNAME', 'asyncjobs_api_call';
+ *
+ * captures its caller (GetUserId(): current_user, even inside SECURITY
+ * DEFINER functions of the caller) and then, as the extension's owner,
+ * runs asyncjobs._NAME_impl(caller regrole, args) and returns its result.
+ * The _impl functions are not executable by PUBLIC, so the caller they are
+ * told about is always the real one: this is how plpgsql code learns who
+ * asks, to check that the caller may manage a job.
+ */
+PG_FUNCTION_INFO_V1(asyncjobs_api_call);
+
+Datum
+asyncjobs_api_call(PG_FUNCTION_ARGS)
+{
+	Oid			caller = GetUserId();
+	ApiPlan    *volatile ap;
+	OwnerSwitch sw;
+	Datum	   *args;
+	char	   *nulls;
+	int			nargs = PG_NARGS();
+	int			i;
+	int			rc;
+	volatile Datum result = (Datum) 0;
+	volatile bool isnull = true;
+	MemoryContext oldcxt = CurrentMemoryContext;
+
+	asyncjobs_require_shmem();
+
+	args = palloc(sizeof(Datum) * (nargs + 1));
+	nulls = palloc(nargs + 2);
+	args[0] = ObjectIdGetDatum(caller);
+	nulls[0] = ' ';
+	for (i = 0; i < nargs; i++)
+	{
+		args[i + 1] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
+		nulls[i + 1] = PG_ARGISNULL(i) ? 'n' : ' ';
+	}
+	nulls[nargs + 1] = '\0';
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	become_extension_owner(&sw);
+	ap = api_plan(fcinfo->flinfo->fn_oid);
+
+	/*
+	 * Errors meant for the caller (bad input, wrong state, no permission)
+	 * lose the CONTEXT lines of our internal functions: they would only
+	 * show how the API is built.
+	 */
+	PG_TRY();
+	{
+		if (ap->retset)
+		{
+			ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+			uint64		r;
+
+			InitMaterializedSRF(fcinfo, 0);
+			rc = SPI_execute_plan(ap->plan, args, nulls, false, 0);
+			if (rc < 0)
+				elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+			for (r = 0; r < SPI_processed; r++)
+			{
+				int			natts = rsinfo->setDesc->natts;
+				Datum	   *values = palloc(sizeof(Datum) * natts);
+				bool	   *vnulls = palloc(sizeof(bool) * natts);
+
+				heap_deform_tuple(SPI_tuptable->vals[r], SPI_tuptable->tupdesc,
+								  values, vnulls);
+				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, vnulls);
+			}
+		}
+		else
+		{
+			rc = SPI_execute_plan(ap->plan, args, nulls, false, 1);
+			if (rc < 0)
+				elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+			if (SPI_processed > 0)
+			{
+				bool		rnull;
+				Datum		r = SPI_getbinval(SPI_tuptable->vals[0],
+											  SPI_tuptable->tupdesc, 1, &rnull);
+
+				if (!rnull)
+					result = SPI_datumTransfer(r, ap->typbyval, ap->typlen);
+				isnull = rnull;
+			}
+		}
+	}
+	PG_CATCH();
+	{
+		MemoryContext ecxt = MemoryContextSwitchTo(oldcxt);
+		ErrorData  *edata = CopyErrorData();
+
+		if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_INTERNAL_ERROR &&
+			edata->elevel == ERROR)
+		{
+			FlushErrorState();
+			edata->context = NULL;
+			ReThrowError(edata);
+		}
+		MemoryContextSwitchTo(ecxt);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	restore_user(&sw);
+	SPI_finish();
+
+	if (ap->retset)
+		return (Datum) 0;
+	if (isnull)
+		PG_RETURN_NULL();
+	return result;
+}
+
+/*----
+ * asyncjobs._interrupt_worker(worker bigint, job bigint) -> boolean
+ *
+ * Tells the worker holding a job that the job's state was changed under it
+ * (cancel, pause): the worker checks before it starts the job, and if it
+ * runs the job now, the job is interrupted as by pg_cancel_backend().
+ * Returns whether the job was running.
+ */
+PG_FUNCTION_INFO_V1(asyncjobs_interrupt_worker);
+
+Datum
+asyncjobs_interrupt_worker(PG_FUNCTION_ARGS)
+{
+	int64		worker_id = PG_GETARG_INT64(0);
+	int64		job = PG_GETARG_INT64(1);
+	bool		running = false;
+	int			i;
+
+	asyncjobs_require_shmem();
+	LWLockAcquire(AsyncJobs->lock, LW_SHARED);
+	for (i = 0; i < AsyncJobs->n_slots; i++)
+	{
+		AsyncJobsSlot *slot = &AsyncJobs->slots[i];
+
+		if (slot->worker_id != worker_id || slot->pid == 0)
+			continue;
+		pg_atomic_fetch_add_u32(&slot->control_seq, 1);
+		if (slot->job_id == job && slot->interruptible)
+		{
+			running = true;
+			(void) kill(slot->pid, SIGINT);
+		}
+		if (slot->latch)
+			SetLatch(slot->latch);
+		break;
+	}
+	LWLockRelease(AsyncJobs->lock);
+	PG_RETURN_BOOL(running);
 }

@@ -24,6 +24,7 @@
 
 #include "compat.h"
 #include "datatype/timestamp.h"
+#include "port/atomics.h"
 #include "storage/condition_variable.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
@@ -33,6 +34,8 @@
 
 /* SQLSTATE a handler raises to ask for a retry ("AJ001") */
 #define ERRCODE_ASYNCJOBS_RETRY		MAKE_SQLSTATE('A','J','0','0','1')
+/* SQLSTATE of an infinite loop of jobs enqueueing jobs ("AJ002") */
+#define ERRCODE_ASYNCJOBS_LOOP		MAKE_SQLSTATE('A','J','0','0','2')
 
 /* Dataverse state and status codes (DESIGN section 3) */
 #define AJ_STATE_READY			0
@@ -63,6 +66,7 @@ extern int	asyncjobs_poll_interval;
 extern int	asyncjobs_batch_size;
 extern bool asyncjobs_enabled;
 extern int	asyncjobs_launcher_naptime;
+extern int	asyncjobs_max_depth;
 
 /* ---- shared memory (shmem.c) ---- */
 
@@ -98,6 +102,8 @@ typedef struct AsyncJobsSlot
 	TimestampTz since;			/* when the current job started */
 	TimestampTz started;		/* when the process started */
 	int64		jobs_done;
+	pg_atomic_uint32 control_seq;	/* bumped by cancel / pause of its jobs */
+	bool		interruptible;	/* a job's handler runs: SIGINT may hit it */
 } AsyncJobsSlot;
 
 #define AJ_MAX_PENDING_DBS		16
@@ -147,6 +153,10 @@ extern void asyncjobs_utility_init(void);
 
 /* The job the current process runs (worker.c), 0 when none */
 extern int64 asyncjobs_current_job_id;
+/* This worker's slot (worker.c), NULL in other processes */
+extern AsyncJobsSlot *MySlot;
+/* Set by enqueue when it refused a job for loop protection (api.c) */
+extern bool asyncjobs_loop_detected;
 
 /* ---- executor.c ---- */
 

@@ -60,7 +60,10 @@ static char *format_error_report(ErrorData *edata);
 /*
  * Runs the job and fills in its outcome.  Must be called inside a
  * top-level transaction, in the memory context that should hold the
- * outcome; returns in the same transaction and context.
+ * outcome; returns in the same transaction and context, with cancel
+ * interrupts held off (HOLD_CANCEL_INTERRUPTS): the caller resumes them
+ * once the outcome is committed, so that a cancel aimed at the job cannot
+ * hit the writing of its outcome.
  */
 void
 asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome)
@@ -70,6 +73,7 @@ asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome)
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
+	volatile bool held = false;
 
 	memset(outcome, 0, sizeof(AsyncJobOutcome));
 
@@ -101,10 +105,28 @@ asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome)
 			elog(ERROR, "SPI_connect failed");
 		PushActiveSnapshot(GetTransactionSnapshot());
 
+		/* from here a cancel or pause may interrupt the job (SIGINT) */
+		MySlot->interruptible = true;
 		if (job->operationtype == AJ_OPTYPE_SQL)
 			result = run_sql(job);
 		else
 			result = run_handler(job);
+
+		/*
+		 * An enqueue refused by loop protection fails the job for good, even
+		 * if the handler caught that error.
+		 */
+		if (asyncjobs_loop_detected)
+			ereport(ERROR,
+					(errcode(ERRCODE_ASYNCJOBS_LOOP),
+					 errmsg("infinite loop detected: the job tried to enqueue a job deeper than asyncjobs.max_depth (%d)",
+							asyncjobs_max_depth),
+					 errhint("Find the jobs that enqueue each other (they share a correlationid) and break the cycle.")));
+
+		/* from here until the outcome is committed, no cancel interrupt */
+		HOLD_CANCEL_INTERRUPTS();
+		held = true;
+		MySlot->interruptible = false;
 
 		/* the result must outlive SPI and the subtransaction */
 		if (result)
@@ -125,6 +147,12 @@ asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome)
 	{
 		ErrorData  *edata;
 
+		if (!held)
+		{
+			HOLD_CANCEL_INTERRUPTS();
+			held = true;
+		}
+		MySlot->interruptible = false;
 		MemoryContextSwitchTo(oldcxt);
 		edata = CopyErrorData();
 		FlushErrorState();

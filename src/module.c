@@ -28,6 +28,7 @@ int			asyncjobs_poll_interval = 1000;
 int			asyncjobs_batch_size = 10;
 bool		asyncjobs_enabled = true;
 int			asyncjobs_launcher_naptime = 10000;
+int			asyncjobs_max_depth = 8;
 
 
 /*
@@ -87,6 +88,17 @@ _PG_init(void)
 							10000, 100, 3600 * 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("asyncjobs.max_depth",
+							"Deepest chain of jobs enqueued by jobs (loop protection).",
+							"A job enqueued by a running job gets its parent's depth "
+							"plus one; past this depth within an hour the enqueue "
+							"fails and the parent job fails for good.",
+							&asyncjobs_max_depth,
+							8, 1, 1000,
+							PGC_SUSET,
+							0,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("asyncjobs");

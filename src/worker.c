@@ -65,7 +65,7 @@
 
 int64		asyncjobs_current_job_id = 0;
 
-static AsyncJobsSlot *MySlot = NULL;
+AsyncJobsSlot *MySlot = NULL;
 static int64 MyWorkerId = 0;
 static char *MyHostId = NULL;
 static MemoryContext batch_context = NULL;
@@ -77,8 +77,9 @@ static SPIPlanPtr retry_plan = NULL;
 static void worker_detach(int code, Datum arg);
 static bool worker_extension_present(char **dbname);
 static int	claim_jobs(AsyncJob **jobs, int limit);
-static void run_claimed(AsyncJob *job);
-static void record_outcome(AsyncJob *job, AsyncJobOutcome *outcome);
+static void run_claimed(AsyncJob *job, uint32 batch_seq);
+static int	apply_control(AsyncJob *job, const char *attempt);
+static bool record_outcome(AsyncJob *job, AsyncJobOutcome *outcome);
 static bool run_maintenance(const char *sql);
 static SPIPlanPtr prepare_kept(const char *sql, int nargs, Oid *argtypes);
 static char *attempt_json(AsyncJob *job, AsyncJobOutcome *outcome,
@@ -160,6 +161,7 @@ asyncjobs_worker_main(Datum main_arg)
 		{
 			AsyncJob   *jobs;
 			int			i;
+			uint32		batch_seq;
 
 			/* mark ourselves as looking before the claim takes its snapshot */
 			MySlot->state = SLOT_CLAIMING;
@@ -167,6 +169,7 @@ asyncjobs_worker_main(Datum main_arg)
 
 			MemoryContextReset(batch_context);
 			claim_size = Min(claim_size, asyncjobs_batch_size);
+			batch_seq = pg_atomic_read_u32(&MySlot->control_seq);
 			n = claim_jobs(&jobs, claim_size);
 			if (n > 0)
 			{
@@ -177,7 +180,7 @@ asyncjobs_worker_main(Datum main_arg)
 				if (n == claim_size)
 					asyncjobs_wake_database(MyDatabaseId, 1);
 				for (i = 0; i < n; i++)
-					run_claimed(&jobs[i]);
+					run_claimed(&jobs[i], batch_seq);
 
 				if ((GetCurrentTimestamp() - batch_start) / n < SHORT_JOB_US)
 					claim_size = Min(claim_size * 2, asyncjobs_batch_size);
@@ -362,14 +365,26 @@ claim_jobs(AsyncJob **jobs, int limit)
 /*
  * Runs one claimed job in a transaction of its own that also records its
  * outcome, so that the job's effects and its outcome commit together.
+ *
+ * A cancel or pause asked while the worker holds the job wins: if one was
+ * signalled since the batch was claimed (batch_seq), the job's state is
+ * checked before it starts; and the outcome is only written while the job
+ * is still InProgress, so a job canceled or paused while it ran has its
+ * transaction aborted (its effects rolled back) and ends Canceled or
+ * Paused instead.
  */
 static void
-run_claimed(AsyncJob *job)
+run_claimed(AsyncJob *job, uint32 batch_seq)
 {
 	AsyncJobOutcome outcome;
 	MemoryContext oldcxt;
+	bool		recorded;
 
 	CHECK_FOR_INTERRUPTS();
+
+	if (pg_atomic_read_u32(&MySlot->control_seq) != batch_seq &&
+		apply_control(job, NULL) >= 0)
+		return;
 
 	MySlot->job_id = job->id;
 	strlcpy(MySlot->operation, job->operation, NAMEDATALEN);
@@ -381,16 +396,34 @@ run_claimed(AsyncJob *job)
 	debug_query_string = job->operation;
 	pgstat_report_activity(STATE_RUNNING, job->operation);
 	asyncjobs_current_job_id = job->id;
+	asyncjobs_loop_detected = false;
 
+	/* returns with cancel interrupts held off: see executor.c */
 	asyncjobs_run_job(job, &outcome);
 	asyncjobs_current_job_id = 0;
 
-	record_outcome(job, &outcome);
-	asyncjobs_reset_session_state();
+	recorded = record_outcome(job, &outcome);
+	if (recorded)
+	{
+		asyncjobs_reset_session_state();
+		MemoryContextSwitchTo(oldcxt);
+		CommitTransactionCommand();
+	}
+	else
+	{
+		/* canceled or paused meanwhile: nothing of the job may remain */
+		char	   *attempt = attempt_json(job, &outcome, "interrupted");
 
-	MemoryContextSwitchTo(oldcxt);
-	CommitTransactionCommand();
+		attempt = MemoryContextStrdup(batch_context, attempt);
+		MemoryContextSwitchTo(oldcxt);
+		AbortCurrentTransaction();
+		(void) apply_control(job, attempt);
+	}
 	debug_query_string = NULL;
+
+	/* a cancel aimed at this job has nothing left to cancel */
+	QueryCancelPending = false;
+	RESUME_CANCEL_INTERRUPTS();
 
 	/* session-level advisory locks the job took outlive its transaction */
 	LockReleaseSession(USER_LOCKMETHOD);
@@ -403,16 +436,72 @@ run_claimed(AsyncJob *job)
 }
 
 /*
- * Writes the outcome of a job in the current transaction: Succeeded or
- * Failed (moved to history), or back to wait for a retry.
+ * In a transaction of its own, ends a job that was canceled or paused while
+ * this worker held it.  Returns the job's new statuscode, or -1 when it was
+ * not Canceling or Pausing (it is still ours to run).
  */
-static void
+static int
+apply_control(AsyncJob *job, const char *attempt)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[2];
+	char		nulls[2] = {' ', ' '};
+	bool		isnull;
+	int			result = -1;
+	Datum		d;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (plan == NULL)
+	{
+		Oid			types[2] = {INT8OID, JSONBOID};
+
+		plan = prepare_kept("SELECT asyncjobs._control_outcome($1, $2)", 2, types);
+	}
+	args[0] = Int64GetDatum(job->id);
+	if (attempt)
+		args[1] = DirectFunctionCall1(jsonb_in, CStringGetDatum(attempt));
+	else
+		nulls[1] = 'n';
+	if (SPI_execute_plan(plan, args, nulls, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "asyncjobs could not apply the cancel or pause of job %lld",
+			 (long long) job->id);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		result = DatumGetInt16(d);
+	PopActiveSnapshot();
+	SPI_finish();
+	CommitTransactionCommand();
+
+	if (result >= 0)
+	{
+		ereport(LOG,
+				(errmsg("asyncjobs job %lld (%s) %s", (long long) job->id,
+						job->operation,
+						result == AJ_STATUS_CANCELED ? "canceled" : "paused")));
+		ConditionVariableBroadcast(&AsyncJobs->completion_cv);
+	}
+	return result;
+}
+
+/*
+ * Writes the outcome of a job in the current transaction: Succeeded or
+ * Failed (moved to history), or back to wait for a retry.  Returns false,
+ * writing nothing, when the job is no longer InProgress (canceled or
+ * paused meanwhile).
+ */
+static bool
 record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 {
 	double		timespan = (double) (outcome->ended - outcome->started) / USECS_PER_SEC;
 	bool		retry = false;
 	char	   *sqlstate = NULL;
 	int			rc;
+	bool		applied;
+	bool		isnull;
 
 	if (!outcome->succeeded)
 	{
@@ -486,9 +575,14 @@ record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "asyncjobs could not record the outcome of job %lld: %s",
 			 (long long) job->id, SPI_result_code_string(rc));
+	applied = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+										 SPI_tuptable->tupdesc, 1, &isnull));
 
 	PopActiveSnapshot();
 	SPI_finish();
+
+	if (!applied)
+		return false;
 
 	if (!outcome->succeeded)
 		ereport(retry ? LOG : WARNING,
@@ -499,6 +593,7 @@ record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 				 : errdetail("The job ended Failed after %d retries.", job->retrycount),
 				 retry ? 0 : errhint("Look up the job with SELECT * FROM asyncjobs.asyncoperation WHERE asyncoperationid = %lld.",
 									 (long long) job->id)));
+	return true;
 }
 
 /*

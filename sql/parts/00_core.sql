@@ -1,4 +1,5 @@
-/* asyncjobs--0.1.sql */
+/* asyncjobs--0.1.sql, built from the files in sql/parts, in name order (see Makefile) */
+/* sql/parts/00_core.sql: tables, views, the workers' functions, the core API */
 
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION asyncjobs" to load this file. \quit
@@ -88,6 +89,9 @@ CREATE TABLE asyncjobs.job (
     runafter            timestamptz NOT NULL DEFAULT now(),
     lockedby            bigint,
     attempts            jsonb       NOT NULL DEFAULT '[]',
+    -- internal: the lease of an external worker (asyncjobs.claim)
+    leasetoken          uuid,
+    leaseexpires        timestamptz,
     CHECK ((statecode = 0 AND statuscode = 0)
         OR (statecode = 1 AND statuscode IN (10, 11, 12))
         OR (statecode = 2 AND statuscode IN (20, 21, 22)))
@@ -96,9 +100,17 @@ CREATE TABLE asyncjobs.job (
 COMMENT ON TABLE asyncjobs.job IS
 'jobs that are not completed; query asyncjobs.asyncoperation instead';
 
--- The claim path reads only this index: jobs that may run, in claim order.
-CREATE INDEX job_claim_idx ON asyncjobs.job (priority, runafter, asyncoperationid)
+-- The claim path reads only this index: per operation, the jobs that may
+-- run, in claim order.
+CREATE INDEX job_claim_idx
+    ON asyncjobs.job (messagename, priority, runafter, asyncoperationid)
     WHERE statuscode IN (0, 10, 11);
+-- Jobs sharing a dependency token run one at a time, in id order.
+CREATE INDEX job_dependency_idx ON asyncjobs.job (dependencytoken, asyncoperationid)
+    WHERE dependencytoken IS NOT NULL;
+-- At most one job that is not completed per operation and dedupe key.
+CREATE UNIQUE INDEX job_dedupe_idx ON asyncjobs.job (messagename, dedupekey)
+    WHERE dedupekey IS NOT NULL;
 -- Jobs held by workers, for requeueing those of a worker that died.
 CREATE INDEX job_locked_idx ON asyncjobs.job (lockedby) WHERE statecode = 2;
 
@@ -235,34 +247,88 @@ INSERT INTO asyncjobs.status VALUES
 -- Internal functions used by the workers
 --------------------------------------------------------------------------
 
--- Claims up to n runnable jobs for a worker and marks them InProgress.
--- Runnable: Ready, or Suspended (postponed or retrying) and due, of a type
--- the background workers run (a handler or a built-in) that is not paused.
-CREATE FUNCTION asyncjobs._claim(worker bigint, host text, n int)
+-- Claims up to n runnable jobs and marks them InProgress.
+--
+-- Runnable: Ready, or Suspended (postponed or retrying) and due; first of
+-- its dependency token (no older job with the same token is still active);
+-- of an operation that is not paused and still has room under its
+-- max_concurrency.  The background workers (external = false) claim
+-- operations with a handler or built in; external workers (external =
+-- true, see asyncjobs.claim) the operations without a handler, and get a
+-- lease instead of a worker id.
+--
+-- Fairness: each operation offers its first jobs, and they are taken in
+-- priority order, then round robin across operations (the first job of
+-- every operation before the second of any), so a backlog of one
+-- operation does not hold back another.
+--
+-- max_concurrency: claimers of a capped operation queue on an advisory
+-- lock of that operation until the claim commits, so that each counts the
+-- running jobs the previous one left; it is never exceeded.
+CREATE FUNCTION asyncjobs._claim(worker bigint, host text, n int,
+                                 operations text[] DEFAULT NULL,
+                                 external boolean DEFAULT false,
+                                 lease interval DEFAULT NULL)
 RETURNS TABLE (asyncoperationid bigint, messagename text, operationtype int,
                ownerid oid, data jsonb, retrycount int, maxretries int,
                handler oid, timeout_ms bigint, retry_delay_ms bigint,
-               retry_delay_max_ms bigint)
+               retry_delay_max_ms bigint, leasetoken uuid,
+               leaseexpires timestamptz)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    PERFORM pg_advisory_xact_lock(1634364018, hashtext(t.name))
+       FROM asyncjobs.operation_type t
+      WHERE t.max_concurrency IS NOT NULL AND NOT t.paused
+        AND (t.handler IS NOT NULL OR t.builtin) <> external
+        AND (operations IS NULL OR t.name = ANY (operations))
+      ORDER BY t.name;
+
     RETURN QUERY
-    WITH c AS (
-        SELECT j.asyncoperationid
-          FROM asyncjobs.job j
-         WHERE j.statuscode IN (0, 10, 11)
-           AND j.runafter <= now()
-           AND j.messagename IN (SELECT t.name FROM asyncjobs.operation_type t
-                                  WHERE (t.handler IS NOT NULL OR t.builtin)
-                                    AND NOT t.paused)
-         ORDER BY j.priority, j.runafter, j.asyncoperationid
-         LIMIT n
-           FOR UPDATE OF j SKIP LOCKED)
+    WITH types AS (
+        SELECT t.name,
+               CASE WHEN t.max_concurrency IS NULL THEN n
+                    ELSE least(n, t.max_concurrency -
+                              (SELECT count(*)::int FROM asyncjobs.job r
+                                WHERE r.messagename = t.name AND r.statecode = 2))
+               END AS room
+          FROM asyncjobs.operation_type t
+         WHERE NOT t.paused
+           AND (t.handler IS NOT NULL OR t.builtin) <> external
+           AND (operations IS NULL OR t.name = ANY (operations))
+    ), offered AS (
+        SELECT o.asyncoperationid, o.priority, o.runafter, o.messagename
+          FROM types t
+         CROSS JOIN LATERAL (
+            SELECT j.asyncoperationid, j.priority, j.runafter, j.messagename
+              FROM asyncjobs.job j
+             WHERE j.messagename = t.name
+               AND j.statuscode IN (0, 10, 11)
+               AND j.runafter <= now()
+               AND (j.dependencytoken IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM asyncjobs.job d
+                         WHERE d.dependencytoken = j.dependencytoken
+                           AND d.asyncoperationid < j.asyncoperationid))
+             ORDER BY j.priority, j.runafter, j.asyncoperationid
+             LIMIT greatest(t.room, 0)
+               FOR UPDATE OF j SKIP LOCKED) o
+    ), chosen AS (
+        SELECT f.asyncoperationid
+          FROM (SELECT o.*, row_number() OVER (PARTITION BY o.messagename
+                                               ORDER BY o.priority, o.runafter,
+                                                        o.asyncoperationid) AS rn
+                  FROM offered o) f
+         ORDER BY f.priority, f.rn, f.runafter, f.asyncoperationid
+         LIMIT n)
     UPDATE asyncjobs.job j
        SET statecode = 2, statuscode = 20, startedon = now(),
-           modifiedon = now(), lockedby = worker, hostid = host
-      FROM c, asyncjobs.operation_type t
+           modifiedon = now(),
+           lockedby = CASE WHEN external THEN NULL ELSE worker END,
+           hostid = host,
+           leasetoken = CASE WHEN external THEN gen_random_uuid() END,
+           leaseexpires = CASE WHEN external THEN now() + lease END
+      FROM chosen c, asyncjobs.operation_type t
      WHERE j.asyncoperationid = c.asyncoperationid
        AND t.name = j.messagename
     RETURNING j.asyncoperationid, j.messagename, j.operationtype,
@@ -270,23 +336,33 @@ BEGIN
               t.handler::oid,
               (extract(epoch FROM t.timeout) * 1000)::bigint,
               (extract(epoch FROM t.retry_delay) * 1000)::bigint,
-              (extract(epoch FROM t.retry_delay_max) * 1000)::bigint;
+              (extract(epoch FROM t.retry_delay_max) * 1000)::bigint,
+              j.leasetoken, j.leaseexpires;
 END
 $$;
 
 -- Completes a job: moves it from the active table to history in one
--- statement, with its outcome.
+-- statement, with its outcome, if its statuscode is still "expect" (20 by
+-- default: a cancel or pause that came meanwhile wins).  A recurring job
+-- that Succeeded or Failed queues its next occurrence.  Returns whether
+-- the job was completed.
 CREATE FUNCTION asyncjobs._finish(job_id bigint, status smallint, res jsonb,
                                   started timestamptz, timespan double precision,
                                   err_code text, err_message text,
-                                  err_friendly text, attempt jsonb)
-RETURNS void
+                                  err_friendly text, attempt jsonb,
+                                  expect smallint DEFAULT 20)
+RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    done asyncjobs.job_history%ROWTYPE;
 BEGIN
     WITH d AS (
-        DELETE FROM asyncjobs.job WHERE asyncoperationid = job_id RETURNING *)
+        DELETE FROM asyncjobs.job
+         WHERE asyncoperationid = job_id
+           AND (expect IS NULL OR statuscode = expect)
+        RETURNING *)
     INSERT INTO asyncjobs.job_history
         (asyncoperationid, name, operationtype, messagename, statecode,
          statuscode, ownerid, createdon, modifiedon, startedon, completedon,
@@ -298,24 +374,64 @@ BEGIN
     SELECT d.asyncoperationid, d.name, d.operationtype, d.messagename, 3,
            status, d.ownerid, d.createdon, clock_timestamp(),
            coalesce(started, d.startedon), clock_timestamp(),
-           d.postponeuntil, timespan, d.retrycount, d.maxretries, err_code,
+           d.postponeuntil, coalesce(timespan, d.executiontimespan),
+           d.retrycount, d.maxretries, err_code,
            err_message, err_friendly, d.data, res, d.priority, d.depth,
            d.correlationid, d.correlationupdatedtime, d.dependencytoken,
            d.dedupekey, d.recurrencepattern, d.recurrencestarttime,
            d.regardingobjectid, d.hostid, d.parentid,
            CASE WHEN attempt IS NULL THEN d.attempts ELSE d.attempts || attempt END
-      FROM d;
+      FROM d
+    RETURNING * INTO done;
+
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF done.recurrencepattern IS NOT NULL AND status IN (30, 31) THEN
+        PERFORM asyncjobs._queue_next_occurrence(done);
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- Queues the next occurrence of a recurring job that just completed: a
+-- new job (new id) with the same operation, data and options, postponed
+-- to the next time of its pattern.
+CREATE FUNCTION asyncjobs._queue_next_occurrence(done asyncjobs.job_history)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    next_run timestamptz;
+    id       bigint;
+BEGIN
+    next_run := asyncjobs._next_occurrence(done.recurrencepattern,
+                                           done.recurrencestarttime,
+                                           clock_timestamp());
+    INSERT INTO asyncjobs.job
+        (name, operationtype, messagename, statecode, statuscode, ownerid,
+         postponeuntil, runafter, maxretries, data, priority, depth,
+         correlationid, dependencytoken, dedupekey, recurrencepattern,
+         recurrencestarttime, regardingobjectid)
+    VALUES (done.name, done.operationtype, done.messagename, 1, 10,
+            done.ownerid, next_run, next_run, done.maxretries, done.data,
+            done.priority, 1, gen_random_uuid(), done.dependencytoken,
+            done.dedupekey, done.recurrencepattern, done.recurrencestarttime,
+            done.regardingobjectid)
+    RETURNING asyncoperationid INTO id;
+    RETURN id;
 END
 $$;
 
 -- Sends a job that failed with a transient error back to wait for its next
--- attempt (Suspended / Retrying until next_run).
+-- attempt (Suspended / Retrying until next_run), if it is still InProgress.
 CREATE FUNCTION asyncjobs._retry_later(job_id bigint, next_run timestamptz,
                                        started timestamptz,
                                        timespan double precision,
                                        err_code text, err_message text,
                                        err_friendly text, attempt jsonb)
-RETURNS void
+RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -326,8 +442,41 @@ BEGIN
            modifiedon = clock_timestamp(), startedon = started,
            executiontimespan = timespan, errorcode = err_code,
            message = err_message, friendlymessage = err_friendly,
-           lockedby = NULL, hostid = NULL, attempts = attempts || attempt
-     WHERE asyncoperationid = job_id;
+           lockedby = NULL, hostid = NULL, leasetoken = NULL,
+           leaseexpires = NULL, attempts = attempts || attempt
+     WHERE asyncoperationid = job_id AND statuscode = 20;
+    RETURN FOUND;
+END
+$$;
+
+-- Ends a Locked job whose cancel or pause was asked while it was held:
+-- Canceling becomes Canceled (moved to history), Pausing becomes Paused
+-- (it runs again from the start when resumed).  Returns the new statuscode,
+-- or NULL when the job is not Canceling or Pausing.
+CREATE FUNCTION asyncjobs._control_outcome(job_id bigint, attempt jsonb)
+RETURNS smallint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cur smallint;
+BEGIN
+    SELECT statuscode INTO cur FROM asyncjobs.job
+     WHERE asyncoperationid = job_id FOR UPDATE;
+    IF cur = 22 THEN
+        PERFORM asyncjobs._finish(job_id, 32::smallint, NULL, NULL, NULL, NULL,
+                                  NULL, 'canceled by user', attempt, 22::smallint);
+        RETURN 32;
+    ELSIF cur = 21 THEN
+        UPDATE asyncjobs.job
+           SET statecode = 1, statuscode = 12, modifiedon = clock_timestamp(),
+               lockedby = NULL, hostid = NULL, leasetoken = NULL,
+               leaseexpires = NULL,
+               attempts = CASE WHEN attempt IS NULL THEN attempts ELSE attempts || attempt END
+         WHERE asyncoperationid = job_id;
+        RETURN 12;
+    END IF;
+    RETURN NULL;
 END
 $$;
 
@@ -339,6 +488,19 @@ CREATE FUNCTION asyncjobs._live_worker(worker bigint)
 RETURNS boolean
 LANGUAGE C STRICT VOLATILE
 AS 'MODULE_PATHNAME', 'asyncjobs_live_worker';
+
+-- Tells the worker holding a job that the job was canceled or paused (and
+-- interrupts the job if it is running).  Returns whether it was running.
+CREATE FUNCTION asyncjobs._interrupt_worker(worker bigint, job bigint)
+RETURNS boolean
+LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'asyncjobs_interrupt_worker';
+
+-- Wakes an idle worker of this database when the transaction commits.
+CREATE FUNCTION asyncjobs._wake_at_commit()
+RETURNS void
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'asyncjobs_wake_at_commit_sql';
 
 CREATE FUNCTION asyncjobs._requeue_orphans()
 RETURNS int
@@ -361,12 +523,14 @@ BEGIN
            AND NOT asyncjobs._live_worker(j.lockedby)
            FOR UPDATE SKIP LOCKED
     LOOP
-        IF orphan.retrycount >= orphan.maxretries THEN
+        IF asyncjobs._control_outcome(orphan.asyncoperationid, attempt) IS NOT NULL THEN
+            NULL;   -- it was Canceling or Pausing: now Canceled or Paused
+        ELSIF orphan.retrycount >= orphan.maxretries THEN
             PERFORM asyncjobs._finish(orphan.asyncoperationid, 31::smallint,
                 NULL, NULL, NULL, '57P01',
                 'ERROR:  ' || msg || E'\nDETAIL:  The job was interrupted and its retry budget of '
                     || orphan.maxretries || ' retries is spent.',
-                msg, attempt);
+                msg, attempt, NULL);
         ELSE
             UPDATE asyncjobs.job
                SET statecode = 0, statuscode = 0, retrycount = retrycount + 1,
@@ -481,26 +645,3 @@ AS 'MODULE_PATHNAME', 'asyncjobs_database_changed';
 
 SELECT asyncjobs._database_changed();
 
---------------------------------------------------------------------------
--- Privileges
---------------------------------------------------------------------------
-
-REVOKE ALL ON ALL TABLES IN SCHEMA asyncjobs FROM PUBLIC;
-REVOKE ALL ON ALL SEQUENCES IN SCHEMA asyncjobs FROM PUBLIC;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA asyncjobs FROM PUBLIC;
-
-GRANT USAGE ON SCHEMA asyncjobs TO PUBLIC;
-GRANT SELECT ON asyncjobs.asyncoperation, asyncjobs.operation_type,
-                asyncjobs.status, asyncjobs.workers TO PUBLIC;
-GRANT EXECUTE ON FUNCTION
-    asyncjobs.register_operation(text, regprocedure, int, interval, interval, interval, int, int),
-    asyncjobs.enqueue(text, jsonb, text, int, timestamptz, text, text, int, text, text),
-    asyncjobs.enqueue_sql(text, jsonb, text, int, timestamptz, text, text, int, text, text),
-    asyncjobs.wait(bigint, interval),
-    asyncjobs.current_job(),
-    asyncjobs._workers()
-    TO PUBLIC;
-
-SELECT pg_catalog.pg_extension_config_dump('asyncjobs.job', '');
-SELECT pg_catalog.pg_extension_config_dump('asyncjobs.asyncoperation_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('asyncjobs.operation_type', 'WHERE NOT builtin');
