@@ -22,7 +22,7 @@ PGFILEDESC = "asyncjobs - asynchronous job system"
 PG_CPPFLAGS = -I$(srcdir)/src
 
 # every sql/*.sql is a pg_regress test (api.sql, first by name, creates the extension)
-REGRESS = $(sort $(basename $(notdir $(wildcard sql/*.sql))))
+REGRESS = $(sort $(filter-out asyncjobs--%,$(basename $(notdir $(wildcard sql/*.sql)))))
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=./test/asyncjobs.conf
 
 ISOLATION = $(sort $(basename $(notdir $(wildcard test/specs/*.spec))))

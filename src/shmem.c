@@ -113,8 +113,9 @@ asyncjobs_require_shmem(void)
 }
 
 /*
- * Asks for an idle worker of this database to be woken when the current
- * transaction commits.  Nothing happens if it aborts.
+ * Asks for an idle worker of this database, and the sessions in
+ * asyncjobs.wait(), to be woken when the current transaction commits.
+ * Nothing happens if it aborts.
  */
 void
 asyncjobs_wake_at_commit(void)
@@ -154,6 +155,8 @@ asyncjobs_xact_callback(XactEvent event, void *arg)
 			{
 				wake_pending = false;
 				asyncjobs_wake_database(MyDatabaseId, 1);
+				/* the change may have completed a job someone waits for */
+				ConditionVariableBroadcast(&AsyncJobs->completion_cv);
 			}
 			if (notify_launcher_pending)
 			{

@@ -100,6 +100,7 @@ BEGIN
     IF j.statecode IN (0, 1) THEN
         PERFORM asyncjobs._finish(job_id, 32::smallint, NULL, NULL, NULL, NULL,
                                   NULL, 'canceled by user', NULL, j.statuscode);
+        PERFORM asyncjobs._wake_at_commit();
         RETURN true;
     ELSIF j.statuscode = 22 THEN
         RETURN false;
