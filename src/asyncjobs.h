@@ -36,6 +36,10 @@
 #define ERRCODE_ASYNCJOBS_RETRY		MAKE_SQLSTATE('A','J','0','0','1')
 /* SQLSTATE of an infinite loop of jobs enqueueing jobs ("AJ002") */
 #define ERRCODE_ASYNCJOBS_LOOP		MAKE_SQLSTATE('A','J','0','0','2')
+/*
+ * Recorded (not raised) by the SQL side: AJ003, a permanent failure an
+ * external worker reported; AJ004, an external worker's lease expired.
+ */
 
 /* Dataverse state and status codes (DESIGN section 3) */
 #define AJ_STATE_READY			0

@@ -59,6 +59,10 @@
  */
 #define SHORT_JOB_US			(20 * 1000)
 
+/* jobs of dead workers, and of external workers whose lease ran out */
+#define REQUEUE_SQL \
+	"SELECT asyncjobs._requeue_orphans() + asyncjobs._requeue_expired_leases()"
+
 /* checks that are not worth doing on every loop */
 #define ORPHAN_CHECK_MS			(10 * 1000)
 #define PARTITION_CHECK_MS		(3600 * 1000)
@@ -141,7 +145,7 @@ asyncjobs_worker_main(Datum main_arg)
 		SetLatch(AsyncJobs->launcher_latch);
 	LWLockRelease(AsyncJobs->lock);
 
-	(void) run_maintenance("SELECT asyncjobs._requeue_orphans()");
+	(void) run_maintenance(REQUEUE_SQL);
 	(void) run_maintenance("SELECT asyncjobs.maintain_partitions()");
 	last_orphan_check = last_partition_check = GetCurrentTimestamp();
 
@@ -192,7 +196,7 @@ asyncjobs_worker_main(Datum main_arg)
 		now = GetCurrentTimestamp();
 		if (TimestampDifferenceExceeds(last_orphan_check, now, ORPHAN_CHECK_MS))
 		{
-			(void) run_maintenance("SELECT asyncjobs._requeue_orphans()");
+			(void) run_maintenance(REQUEUE_SQL);
 			last_orphan_check = now;
 		}
 		if (TimestampDifferenceExceeds(last_partition_check, now, PARTITION_CHECK_MS) ||
