@@ -38,7 +38,8 @@
 #define ERRCODE_ASYNCJOBS_LOOP		MAKE_SQLSTATE('A','J','0','0','2')
 /*
  * Recorded (not raised) by the SQL side: AJ003, a permanent failure an
- * external worker reported; AJ004, an external worker's lease expired.
+ * external worker reported; AJ004, an external worker's lease expired;
+ * AJ005, a step's job canceled by the per-row limit (16 runs an hour).
  */
 
 /* Dataverse state and status codes (DESIGN section 3) */

@@ -120,7 +120,7 @@ COMMENT ON FUNCTION asyncjobs._step_trigger() IS
 --------------------------------------------------------------------------
 
 -- A job that a step just enqueued (still waiting, owned by the caller) is
--- Canceled at once, with errorcode AJ004, when it is more than the 16th
+-- Canceled at once, with errorcode AJ005, when it is more than the 16th
 -- job of its operation about the same row of the same table created
 -- within the last hour.  Returns whether it canceled the job.
 --
@@ -176,7 +176,7 @@ BEGIN
                        'which usually means a loop (its job writes the row that fires it); '
                        'make the handler skip rows it has already handled, or unregister the step',
                        j.messagename, tbl, j.data->>'event', limit_runs, j.regardingobjectid);
-    PERFORM asyncjobs._finish(job_id, 32::smallint, NULL, NULL, NULL, 'AJ004',
+    PERFORM asyncjobs._finish(job_id, 32::smallint, NULL, NULL, NULL, 'AJ005',
         format('ERROR:  step "%s" on %s (%s) fired more than %s times for row %s within an hour',
                j.messagename, tbl, j.data->>'event', limit_runs, j.regardingobjectid)
         || E'\nDETAIL:  ' || format('This is job %s of operation "%s" about this row of %s created in the last hour; '

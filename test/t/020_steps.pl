@@ -270,7 +270,7 @@ $last = $node->json_query('postgres',
 	   WHERE messagename = 'bump' AND regardingobjectid = '1'
 	   ORDER BY asyncoperationid DESC LIMIT 1});
 is($last->{depth},     17,      'the canceled job is at depth 17, within max_depth');
-is($last->{errorcode}, 'AJ004', 'it has errorcode AJ004');
+is($last->{errorcode}, 'AJ005', 'it has errorcode AJ005');
 is($last->{startedon}, undef,   'it never started');
 is($last->{ownerid},   'writer', 'it is owned by the writing role');
 like(
