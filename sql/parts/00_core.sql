@@ -276,7 +276,11 @@ RETURNS TABLE (asyncoperationid bigint, messagename text, operationtype int,
                leaseexpires timestamptz)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- the claim touches a handful of rows: never worth compiling
+SET jit = off
 AS $$
+DECLARE
+    ids bigint[];
 BEGIN
     PERFORM pg_advisory_xact_lock(1634364018, hashtext(t.name))
        FROM asyncjobs.operation_type t
@@ -285,7 +289,7 @@ BEGIN
         AND (operations IS NULL OR t.name = ANY (operations))
       ORDER BY t.name;
 
-    RETURN QUERY
+    -- the jobs to take, locked, in the order they are to run
     WITH types AS (
         SELECT t.name,
                CASE WHEN t.max_concurrency IS NULL THEN n
@@ -313,31 +317,47 @@ BEGIN
              ORDER BY j.priority, j.runafter, j.asyncoperationid
              LIMIT greatest(t.room, 0)
                FOR UPDATE OF j SKIP LOCKED) o
-    ), chosen AS (
-        SELECT f.asyncoperationid
-          FROM (SELECT o.*, row_number() OVER (PARTITION BY o.messagename
-                                               ORDER BY o.priority, o.runafter,
-                                                        o.asyncoperationid) AS rn
-                  FROM offered o) f
-         ORDER BY f.priority, f.rn, f.runafter, f.asyncoperationid
-         LIMIT n)
-    UPDATE asyncjobs.job j
-       SET statecode = 2, statuscode = 20, startedon = now(),
-           modifiedon = now(),
-           lockedby = CASE WHEN external THEN NULL ELSE worker END,
-           hostid = host,
-           leasetoken = CASE WHEN external THEN gen_random_uuid() END,
-           leaseexpires = CASE WHEN external THEN now() + lease END
-      FROM chosen c, asyncjobs.operation_type t
-     WHERE j.asyncoperationid = c.asyncoperationid
-       AND t.name = j.messagename
-    RETURNING j.asyncoperationid, j.messagename, j.operationtype,
-              j.ownerid::oid, j.data, j.retrycount, j.maxretries,
-              t.handler::oid,
-              (extract(epoch FROM t.timeout) * 1000)::bigint,
-              (extract(epoch FROM t.retry_delay) * 1000)::bigint,
-              (extract(epoch FROM t.retry_delay_max) * 1000)::bigint,
-              j.leasetoken, j.leaseexpires;
+    )
+    SELECT coalesce(array_agg(f.asyncoperationid
+                              ORDER BY f.priority, f.rn, f.runafter, f.asyncoperationid), '{}')
+      INTO ids
+      FROM (SELECT w.*
+              FROM (SELECT o.*, row_number() OVER (PARTITION BY o.messagename
+                                                   ORDER BY o.priority, o.runafter,
+                                                            o.asyncoperationid) AS rn
+                      FROM offered o) w
+             ORDER BY w.priority, w.rn, w.runafter, w.asyncoperationid
+             LIMIT n) f;
+
+    IF cardinality(ids) = 0 THEN
+        RETURN;
+    END IF;
+
+    -- found by primary key, returned in claim order
+    RETURN QUERY
+    WITH taken AS (
+        UPDATE asyncjobs.job j
+           SET statecode = 2, statuscode = 20, startedon = now(),
+               modifiedon = now(),
+               lockedby = CASE WHEN external THEN NULL ELSE worker END,
+               hostid = host,
+               leasetoken = CASE WHEN external THEN gen_random_uuid() END,
+               leaseexpires = CASE WHEN external THEN now() + lease END
+          FROM asyncjobs.operation_type t
+         WHERE j.asyncoperationid = ANY (ids)
+           AND t.name = j.messagename
+        RETURNING j.asyncoperationid, j.messagename, j.operationtype,
+                  j.ownerid::oid AS ownerid, j.data, j.retrycount, j.maxretries,
+                  t.handler::oid AS handler,
+                  (extract(epoch FROM t.timeout) * 1000)::bigint AS timeout_ms,
+                  (extract(epoch FROM t.retry_delay) * 1000)::bigint AS delay_ms,
+                  (extract(epoch FROM t.retry_delay_max) * 1000)::bigint AS delay_max_ms,
+                  j.leasetoken, j.leaseexpires)
+    SELECT k.asyncoperationid, k.messagename, k.operationtype, k.ownerid,
+           k.data, k.retrycount, k.maxretries, k.handler, k.timeout_ms,
+           k.delay_ms, k.delay_max_ms, k.leasetoken, k.leaseexpires
+      FROM taken k
+     ORDER BY array_position(ids, k.asyncoperationid);
 END
 $$;
 
