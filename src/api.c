@@ -112,10 +112,18 @@ restore_user(OwnerSwitch *sw)
 	SetUserIdAndSecContext(sw->save_userid, sw->save_sec_context);
 }
 
+/*
+ * Prepares a statement for the life of the backend.  Its plan is generic:
+ * these statements look rows up by key, so a plan made for particular
+ * values is no better, and planning again on every call (which the plan
+ * cache would do for statements whose NULL parameters fold away) costs
+ * more than the statement itself.
+ */
 static SPIPlanPtr
 prepare_kept(const char *sql, int nargs, Oid *argtypes)
 {
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes,
+										  CURSOR_OPT_GENERIC_PLAN);
 
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
