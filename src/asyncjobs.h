@@ -179,6 +179,7 @@ typedef struct AsyncJob
 	int64		timeout_ms;
 	int64		retry_delay_ms;
 	int64		retry_delay_max_ms;
+	uint32		control_seq;	/* slot's control_seq when state was known */
 } AsyncJob;
 
 /* What happened when a job ran */

@@ -56,6 +56,7 @@ static char *run_handler(AsyncJob *job);
 static char *run_sql(AsyncJob *job);
 static HandlerPlan *handler_plan(Oid handler);
 static char *format_error_report(ErrorData *edata);
+static bool job_stopped(int64 job_id);
 
 /*
  * Runs the job and fills in its outcome.  Must be called inside a
@@ -92,6 +93,20 @@ asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome)
 	{
 		char	   *result;
 
+		/*
+		 * From here a cancel or pause may interrupt the job (SIGINT).  One
+		 * that came since the worker last looked at the job, and found it
+		 * not yet interruptible, is caught here.
+		 */
+		MySlot->interruptible = true;
+		pg_memory_barrier();
+		if (pg_atomic_read_u32(&MySlot->control_seq) != job->control_seq &&
+			job_stopped(job->id))
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("job %lld was canceled or paused before it started",
+							(long long) job->id)));
+
 		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(job->owner)))
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -105,8 +120,6 @@ asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome)
 			elog(ERROR, "SPI_connect failed");
 		PushActiveSnapshot(GetTransactionSnapshot());
 
-		/* from here a cancel or pause may interrupt the job (SIGINT) */
-		MySlot->interruptible = true;
 		if (job->operationtype == AJ_OPTYPE_SQL)
 			result = run_sql(job);
 		else
@@ -314,6 +327,39 @@ run_sql(AsyncJob *job)
 						SPI_result_code_string(rc))));
 
 	return psprintf("{\"rows\": " UINT64_FORMAT "}", (uint64) SPI_processed);
+}
+
+/*
+ * Has the job been asked to stop (Pausing or Canceling)?  Run as the
+ * worker's own user, inside the job's subtransaction.
+ */
+static bool
+job_stopped(int64 job_id)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		arg = Int64GetDatum(job_id);
+	bool		stopped = false;
+	bool		isnull;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (plan == NULL)
+	{
+		Oid			type = INT8OID;
+
+		plan = SPI_prepare("SELECT statuscode IN (21, 22) FROM asyncjobs.job "
+						   "WHERE asyncoperationid = $1", 1, &type);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+	}
+	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the state of job %lld", (long long) job_id);
+	if (SPI_processed > 0)
+		stopped = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	return stopped;
 }
 
 /*

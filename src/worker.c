@@ -386,8 +386,8 @@ run_claimed(AsyncJob *job, uint32 batch_seq)
 
 	CHECK_FOR_INTERRUPTS();
 
-	if (pg_atomic_read_u32(&MySlot->control_seq) != batch_seq &&
-		apply_control(job, NULL) >= 0)
+	job->control_seq = pg_atomic_read_u32(&MySlot->control_seq);
+	if (job->control_seq != batch_seq && apply_control(job, NULL) >= 0)
 		return;
 
 	MySlot->job_id = job->id;
