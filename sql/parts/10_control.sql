@@ -78,6 +78,29 @@ $$;
 -- cancel, pause, resume, postpone, retry
 --------------------------------------------------------------------------
 
+-- Locks a job that is not completed and returns it, after checking that
+-- the caller may manage it.  Waits for a worker's claim of the job to
+-- commit, and then sees its result.  For a completed job, checks the same
+-- and returns a row of NULLs; an unknown job is an error.
+CREATE FUNCTION asyncjobs._lock_job(caller regrole, job_id bigint)
+RETURNS asyncjobs.job
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    j asyncjobs.job%ROWTYPE;
+BEGIN
+    PERFORM asyncjobs._require_job(job_id);
+    SELECT * INTO j FROM asyncjobs.job WHERE asyncoperationid = job_id FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM asyncjobs._completed_status(caller, job_id);
+        RETURN NULL;
+    END IF;
+    PERFORM asyncjobs._check_manage(caller, j.ownerid, job_id);
+    RETURN j;
+END
+$$;
+
 -- Ready or Suspended: Canceled at once.  Locked: Canceling, the worker is
 -- interrupted, and the job ends Canceled with its effects rolled back.
 CREATE FUNCTION asyncjobs._cancel_impl(caller regrole, job_id bigint)
@@ -88,14 +111,10 @@ AS $$
 DECLARE
     j asyncjobs.job%ROWTYPE;
 BEGIN
-    PERFORM asyncjobs._require_job(job_id);
-    -- waits for a worker's claim of this job to commit, then sees its result
-    SELECT * INTO j FROM asyncjobs.job WHERE asyncoperationid = job_id FOR UPDATE;
-    IF NOT FOUND THEN
-        PERFORM asyncjobs._completed_status(caller, job_id);
-        RETURN false;
+    j := asyncjobs._lock_job(caller, job_id);
+    IF j.asyncoperationid IS NULL THEN
+        RETURN false;       -- completed: it never changes
     END IF;
-    PERFORM asyncjobs._check_manage(caller, j.ownerid, job_id);
 
     IF j.statecode IN (0, 1) THEN
         PERFORM asyncjobs._finish(job_id, 32::smallint, NULL, NULL, NULL, NULL,
@@ -125,13 +144,10 @@ AS $$
 DECLARE
     j asyncjobs.job%ROWTYPE;
 BEGIN
-    PERFORM asyncjobs._require_job(job_id);
-    SELECT * INTO j FROM asyncjobs.job WHERE asyncoperationid = job_id FOR UPDATE;
-    IF NOT FOUND THEN
-        PERFORM asyncjobs._completed_status(caller, job_id);
-        RETURN false;
+    j := asyncjobs._lock_job(caller, job_id);
+    IF j.asyncoperationid IS NULL THEN
+        RETURN false;       -- completed: it never changes
     END IF;
-    PERFORM asyncjobs._check_manage(caller, j.ownerid, job_id);
 
     IF j.statuscode IN (0, 10, 11) THEN
         UPDATE asyncjobs.job
@@ -159,13 +175,10 @@ AS $$
 DECLARE
     j asyncjobs.job%ROWTYPE;
 BEGIN
-    PERFORM asyncjobs._require_job(job_id);
-    SELECT * INTO j FROM asyncjobs.job WHERE asyncoperationid = job_id FOR UPDATE;
-    IF NOT FOUND THEN
-        PERFORM asyncjobs._completed_status(caller, job_id);
-        RETURN false;
+    j := asyncjobs._lock_job(caller, job_id);
+    IF j.asyncoperationid IS NULL THEN
+        RETURN false;       -- completed: it never changes
     END IF;
-    PERFORM asyncjobs._check_manage(caller, j.ownerid, job_id);
     IF j.statuscode <> 12 THEN
         RETURN false;
     END IF;
@@ -196,12 +209,10 @@ BEGIN
         RAISE EXCEPTION 'until must be a finite timestamp'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT * INTO j FROM asyncjobs.job WHERE asyncoperationid = job_id FOR UPDATE;
-    IF NOT FOUND THEN
-        PERFORM asyncjobs._completed_status(caller, job_id);
+    j := asyncjobs._lock_job(caller, job_id);
+    IF j.asyncoperationid IS NULL THEN
         RETURN false;
     END IF;
-    PERFORM asyncjobs._check_manage(caller, j.ownerid, job_id);
     IF j.statecode = 2 THEN
         RAISE EXCEPTION 'job % is running and cannot be postponed', job_id
             USING ERRCODE = 'object_not_in_prerequisite_state',
