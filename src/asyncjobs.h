@@ -72,6 +72,18 @@ extern int	asyncjobs_batch_size;
 extern bool asyncjobs_enabled;
 extern int	asyncjobs_launcher_naptime;
 extern int	asyncjobs_max_depth;
+extern char *asyncjobs_retention_succeeded;
+extern char *asyncjobs_retention_failed;
+extern char *asyncjobs_retention_canceled;
+extern char *asyncjobs_retention_trace;
+extern int	asyncjobs_trace_level;
+
+typedef enum AsyncJobsTraceLevel
+{
+	TRACE_LEVEL_OFF = 0,
+	TRACE_LEVEL_EXCEPTION,
+	TRACE_LEVEL_ALL
+} AsyncJobsTraceLevel;
 
 /* ---- shared memory (shmem.c) ---- */
 

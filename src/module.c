@@ -16,7 +16,10 @@
 
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/guc.h"
+#include "utils/timestamp.h"
 
 #include "asyncjobs.h"
 
@@ -29,6 +32,61 @@ int			asyncjobs_batch_size = 10;
 bool		asyncjobs_enabled = true;
 int			asyncjobs_launcher_naptime = 10000;
 int			asyncjobs_max_depth = 8;
+char	   *asyncjobs_retention_succeeded = NULL;
+char	   *asyncjobs_retention_failed = NULL;
+char	   *asyncjobs_retention_canceled = NULL;
+char	   *asyncjobs_retention_trace = NULL;
+int			asyncjobs_trace_level = TRACE_LEVEL_EXCEPTION;
+
+static const struct config_enum_entry trace_level_options[] = {
+	{"off", TRACE_LEVEL_OFF, false},
+	{"exception", TRACE_LEVEL_EXCEPTION, false},
+	{"all", TRACE_LEVEL_ALL, false},
+	{NULL, 0, false}
+};
+
+/*
+ * A retention setting must be a positive interval.  Parsed without
+ * ereport, as interval_in would, since a check hook must not throw.
+ */
+static bool
+check_retention(char **newval, void **extra, GucSource source)
+{
+	char		workbuf[256];
+	char	   *field[MAXDATEFIELDS];
+	int			ftype[MAXDATEFIELDS];
+	int			nf;
+	int			dtype;
+	struct pg_itm_in itm_in;
+	Interval	iv;
+
+	if (*newval == NULL ||
+		ParseDateTime(*newval, workbuf, sizeof(workbuf), field, ftype,
+					  MAXDATEFIELDS, &nf) != 0 ||
+		DecodeInterval(field, ftype, nf, INTERVAL_FULL_RANGE, &dtype, &itm_in) != 0 ||
+		dtype != DTK_DELTA ||
+		itmin2interval(&itm_in, &iv) != 0)
+	{
+		GUC_check_errdetail("\"%s\" is not an interval.", *newval ? *newval : "");
+		return false;
+	}
+	if (iv.time < 0 || iv.day < 0 || iv.month < 0 ||
+		(iv.time == 0 && iv.day == 0 && iv.month == 0))
+	{
+		GUC_check_errdetail("A retention must be a positive interval.");
+		return false;
+	}
+	return true;
+}
+
+static void
+define_retention(const char *name, const char *desc, char **var, const char *dflt)
+{
+	DefineCustomStringVariable(name, desc,
+							   "cleanup() removes completed jobs (or trace log rows) older than this.",
+							   var, dflt, PGC_SIGHUP, 0,
+							   check_retention, NULL, NULL);
+}
 
 
 /*
@@ -100,6 +158,29 @@ _PG_init(void)
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
+
+	define_retention("asyncjobs.retention_succeeded",
+					 "How long Succeeded jobs are kept.",
+					 &asyncjobs_retention_succeeded, "30 days");
+	define_retention("asyncjobs.retention_failed",
+					 "How long Failed jobs are kept.",
+					 &asyncjobs_retention_failed, "60 days");
+	define_retention("asyncjobs.retention_canceled",
+					 "How long Canceled jobs are kept.",
+					 &asyncjobs_retention_canceled, "60 days");
+	define_retention("asyncjobs.retention_trace",
+					 "How long trace log rows are kept.",
+					 &asyncjobs_retention_trace, "1 day");
+
+	DefineCustomEnumVariable("asyncjobs.trace_level",
+							 "Which jobs keep their asyncjobs.trace() lines in asyncjobs.plugintracelog.",
+							 "off: none; exception: jobs whose attempt failed; all: every job.",
+							 &asyncjobs_trace_level,
+							 TRACE_LEVEL_EXCEPTION,
+							 trace_level_options,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("asyncjobs");
 
