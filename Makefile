@@ -8,6 +8,7 @@ OBJS = \
 	src/module.o \
 	src/retry.o \
 	src/shmem.o \
+	src/trace.o \
 	src/utility.o \
 	src/worker.o
 

@@ -212,6 +212,11 @@ typedef struct AsyncJobOutcome
 extern void asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome);
 extern void asyncjobs_reset_session_state(void);
 
+/* ---- trace.c ---- */
+extern void asyncjobs_trace_reset(void);
+extern const char *asyncjobs_trace_text(void);
+extern bool asyncjobs_trace_truncated(void);
+
 /* ---- retry.c ---- */
 extern bool asyncjobs_error_is_transient(int sqlerrcode);
 extern int64 asyncjobs_backoff_ms(int retrycount, int64 delay_ms, int64 max_ms);

@@ -48,9 +48,13 @@ typedef struct HandlerPlan
 	Oid			handler;		/* hash key */
 	SPIPlanPtr	plan;
 	bool		returns_void;
+	char	   *context;		/* the error context line of our call */
 } HandlerPlan;
 
 static HTAB *handler_plans = NULL;
+
+/* the context line of the running handler's call, to strip from errors */
+static const char *call_context = NULL;
 
 static char *run_handler(AsyncJob *job);
 static char *run_sql(AsyncJob *job);
@@ -77,6 +81,7 @@ asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome)
 	volatile bool held = false;
 
 	memset(outcome, 0, sizeof(AsyncJobOutcome));
+	call_context = NULL;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	save_nestlevel = NewGUCNestLevel();
@@ -176,6 +181,22 @@ asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome)
 		CurrentResourceOwner = oldowner;
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 
+		/* the last context line is our own call of the handler: drop it */
+		if (edata->context && call_context)
+		{
+			size_t		clen = strlen(edata->context);
+			size_t		llen = strlen(call_context);
+
+			if (clen >= llen && strcmp(edata->context + clen - llen, call_context) == 0)
+			{
+				edata->context[clen - llen] = '\0';
+				if (clen > llen && edata->context[clen - llen - 1] == '\n')
+					edata->context[clen - llen - 1] = '\0';
+				if (edata->context[0] == '\0')
+					edata->context = NULL;
+			}
+		}
+
 		outcome->succeeded = false;
 		outcome->sqlerrcode = edata->sqlerrcode;
 		outcome->friendly = pstrdup(edata->message ? edata->message : "unknown error");
@@ -219,6 +240,7 @@ run_handler(AsyncJob *job)
 				 errmsg("operation \"%s\" has no handler", job->operation)));
 
 	hp = handler_plan(job->handler);
+	call_context = hp->context;
 	arg = DirectFunctionCall1(jsonb_in, CStringGetDatum(job->data));
 	rc = SPI_execute_plan(hp->plan, &arg, &nulls, false, 1);
 	if (rc != SPI_OK_SELECT)
@@ -274,6 +296,8 @@ handler_plan(Oid handler)
 
 	hp = hash_search(handler_plans, &handler, HASH_ENTER, &found);
 	hp->returns_void = (proc->prorettype == VOIDOID);
+	hp->context = MemoryContextStrdup(TopMemoryContext,
+									  psprintf("SQL statement \"%s\"", call));
 	ReleaseSysCache(tup);
 
 	hp->plan = SPI_prepare(call, 1, &argtype);

@@ -88,6 +88,7 @@ static bool run_maintenance(const char *sql);
 static SPIPlanPtr prepare_kept(const char *sql, int nargs, Oid *argtypes);
 static char *attempt_json(AsyncJob *job, AsyncJobOutcome *outcome,
 						  const char *kind);
+static void write_trace(AsyncJob *job, AsyncJobOutcome *outcome);
 
 void
 asyncjobs_worker_main(Datum main_arg)
@@ -401,6 +402,7 @@ run_claimed(AsyncJob *job, uint32 batch_seq)
 	pgstat_report_activity(STATE_RUNNING, job->operation);
 	asyncjobs_current_job_id = job->id;
 	asyncjobs_loop_detected = false;
+	asyncjobs_trace_reset();
 
 	/* returns with cancel interrupts held off: see executor.c */
 	asyncjobs_run_job(job, &outcome);
@@ -518,6 +520,11 @@ record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
 
+	/* while the job's row is still in the active table */
+	if (asyncjobs_trace_level == TRACE_LEVEL_ALL ||
+		(asyncjobs_trace_level == TRACE_LEVEL_EXCEPTION && !outcome->succeeded))
+		write_trace(job, outcome);
+
 	if (finish_plan == NULL)
 	{
 		Oid			ftypes[9] = {INT8OID, INT2OID, JSONBOID, TIMESTAMPTZOID,
@@ -598,6 +605,49 @@ record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 				 retry ? 0 : errhint("Look up the job with SELECT * FROM asyncjobs.asyncoperation WHERE asyncoperationid = %lld.",
 									 (long long) job->id)));
 	return true;
+}
+
+/*
+ * Writes the attempt's trace lines and exception to asyncjobs.plugintracelog
+ * (inside record_outcome's SPI connection).
+ */
+static void
+write_trace(AsyncJob *job, AsyncJobOutcome *outcome)
+{
+	static SPIPlanPtr plan = NULL;
+	const char *lines = asyncjobs_trace_text();
+	Datum		args[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+
+	if (plan == NULL)
+	{
+		Oid			types[5] = {INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID};
+
+		plan = prepare_kept("INSERT INTO asyncjobs.plugintracelog "
+							"(asyncoperationid, typename, messagename, depth, correlationid, "
+							" messageblock, exceptiondetails, performanceexecutionstarttime, "
+							" performanceexecutionduration, createdon) "
+							"SELECT j.asyncoperationid, j.messagename, "
+							" coalesce(j.data->>'event', j.messagename), j.depth, "
+							" j.correlationid, $2, $3, $4, $5, pg_catalog.clock_timestamp() "
+							"FROM asyncjobs.job j WHERE j.asyncoperationid = $1",
+							5, types);
+	}
+	args[0] = Int64GetDatum(job->id);
+	if (lines)
+		args[1] = CStringGetTextDatum(asyncjobs_trace_truncated()
+									  ? psprintf("[older lines dropped: at most 10 kB are kept]\n%s", lines)
+									  : lines);
+	else
+		nulls[1] = 'n';
+	if (!outcome->succeeded)
+		args[2] = CStringGetTextDatum(outcome->message);
+	else
+		nulls[2] = 'n';
+	args[3] = TimestampTzGetDatum(outcome->started);
+	args[4] = Int32GetDatum((int32) Min((outcome->ended - outcome->started) / 1000, (int64) INT_MAX));
+	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "asyncjobs could not write the trace of job %lld", (long long) job->id);
 }
 
 /*
