@@ -3,6 +3,7 @@
 MODULE_big = asyncjobs
 OBJS = \
 	src/api.o \
+	src/bulkdelete.o \
 	src/executor.o \
 	src/launcher.o \
 	src/module.o \

@@ -175,7 +175,7 @@ extern AsyncJobsSlot *MySlot;
 /* Set by enqueue when it refused a job for loop protection (api.c) */
 extern bool asyncjobs_loop_detected;
 
-/* ---- executor.c ---- */
+/* ---- executor.c / worker.c / bulkdelete.c ---- */
 
 /* A claimed job, as the worker hands it to the executor */
 typedef struct AsyncJob
@@ -210,6 +210,14 @@ typedef struct AsyncJobOutcome
 } AsyncJobOutcome;
 
 extern void asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome);
+extern bool asyncjobs_record_outcome(AsyncJob *job, AsyncJobOutcome *outcome);
+extern int	asyncjobs_apply_control(AsyncJob *job, const char *attempt);
+extern char *asyncjobs_attempt_json(AsyncJob *job, AsyncJobOutcome *outcome,
+									const char *kind);
+extern struct _SPI_plan *asyncjobs_prepare_kept(const char *sql, int nargs,
+												Oid *argtypes);
+extern void asyncjobs_run_bulk_delete(AsyncJob *job, MemoryContext cxt);
+extern char *asyncjobs_error_report(ErrorData *edata);
 extern void asyncjobs_reset_session_state(void);
 
 /* ---- trace.c ---- */

@@ -59,7 +59,7 @@ static const char *call_context = NULL;
 static char *run_handler(AsyncJob *job);
 static char *run_sql(AsyncJob *job);
 static HandlerPlan *handler_plan(Oid handler);
-static char *format_error_report(ErrorData *edata);
+
 static bool job_stopped(int64 job_id);
 
 /*
@@ -203,7 +203,7 @@ asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome)
 		outcome->detail = edata->detail ? pstrdup(edata->detail) : NULL;
 		outcome->hint = edata->hint ? pstrdup(edata->hint) : NULL;
 		outcome->context = edata->context ? pstrdup(edata->context) : NULL;
-		outcome->message = format_error_report(edata);
+		outcome->message = asyncjobs_error_report(edata);
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
@@ -390,8 +390,8 @@ job_stopped(int64 job_id)
  * The "stack trace" kept in the job's message column, in the shape psql
  * prints an error.
  */
-static char *
-format_error_report(ErrorData *edata)
+char *
+asyncjobs_error_report(ErrorData *edata)
 {
 	StringInfoData buf;
 

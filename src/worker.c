@@ -82,12 +82,12 @@ static void worker_detach(int code, Datum arg);
 static bool worker_extension_present(char **dbname);
 static int	claim_jobs(AsyncJob **jobs, int limit);
 static void run_claimed(AsyncJob *job, uint32 batch_seq);
-static int	apply_control(AsyncJob *job, const char *attempt);
-static bool record_outcome(AsyncJob *job, AsyncJobOutcome *outcome);
+static void finish_job_run(void);
+
+
 static bool run_maintenance(const char *sql);
-static SPIPlanPtr prepare_kept(const char *sql, int nargs, Oid *argtypes);
-static char *attempt_json(AsyncJob *job, AsyncJobOutcome *outcome,
-						  const char *kind);
+
+
 static void write_trace(AsyncJob *job, AsyncJobOutcome *outcome);
 
 void
@@ -265,8 +265,8 @@ worker_extension_present(char **dbname)
 	return present;
 }
 
-static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *argtypes)
+SPIPlanPtr
+asyncjobs_prepare_kept(const char *sql, int nargs, Oid *argtypes)
 {
 	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
 
@@ -326,7 +326,7 @@ claim_jobs(AsyncJob **jobs, int limit)
 	{
 		Oid			types[3] = {INT8OID, TEXTOID, INT4OID};
 
-		claim_plan = prepare_kept("SELECT * FROM asyncjobs._claim($1, $2, $3)",
+		claim_plan = asyncjobs_prepare_kept("SELECT * FROM asyncjobs._claim($1, $2, $3)",
 								  3, types);
 	}
 
@@ -388,12 +388,20 @@ run_claimed(AsyncJob *job, uint32 batch_seq)
 	CHECK_FOR_INTERRUPTS();
 
 	job->control_seq = pg_atomic_read_u32(&MySlot->control_seq);
-	if (job->control_seq != batch_seq && apply_control(job, NULL) >= 0)
+	if (job->control_seq != batch_seq && asyncjobs_apply_control(job, NULL) >= 0)
 		return;
 
 	MySlot->job_id = job->id;
 	strlcpy(MySlot->operation, job->operation, NAMEDATALEN);
 	MySlot->since = GetCurrentTimestamp();
+
+	/* a bulk delete commits batch by batch: it runs its own transactions */
+	if (job->operationtype == AJ_OPTYPE_BULK_DELETE)
+	{
+		asyncjobs_run_bulk_delete(job, batch_context);
+		finish_job_run();
+		return;
+	}
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -408,7 +416,7 @@ run_claimed(AsyncJob *job, uint32 batch_seq)
 	asyncjobs_run_job(job, &outcome);
 	asyncjobs_current_job_id = 0;
 
-	recorded = record_outcome(job, &outcome);
+	recorded = asyncjobs_record_outcome(job, &outcome);
 	if (recorded)
 	{
 		asyncjobs_reset_session_state();
@@ -418,19 +426,27 @@ run_claimed(AsyncJob *job, uint32 batch_seq)
 	else
 	{
 		/* canceled or paused meanwhile: nothing of the job may remain */
-		char	   *attempt = attempt_json(job, &outcome, "interrupted");
+		char	   *attempt = asyncjobs_attempt_json(job, &outcome, "interrupted");
 
 		attempt = MemoryContextStrdup(batch_context, attempt);
 		MemoryContextSwitchTo(oldcxt);
 		AbortCurrentTransaction();
-		(void) apply_control(job, attempt);
+		(void) asyncjobs_apply_control(job, attempt);
 	}
 	debug_query_string = NULL;
 
 	/* a cancel aimed at this job has nothing left to cancel */
 	QueryCancelPending = false;
 	RESUME_CANCEL_INTERRUPTS();
+	finish_job_run();
+}
 
+/*
+ * What follows every job, however it ran.
+ */
+static void
+finish_job_run(void)
+{
 	/* session-level advisory locks the job took outlive its transaction */
 	LockReleaseSession(USER_LOCKMETHOD);
 
@@ -446,8 +462,8 @@ run_claimed(AsyncJob *job, uint32 batch_seq)
  * this worker held it.  Returns the job's new statuscode, or -1 when it was
  * not Canceling or Pausing (it is still ours to run).
  */
-static int
-apply_control(AsyncJob *job, const char *attempt)
+int
+asyncjobs_apply_control(AsyncJob *job, const char *attempt)
 {
 	static SPIPlanPtr plan = NULL;
 	Datum		args[2];
@@ -465,7 +481,7 @@ apply_control(AsyncJob *job, const char *attempt)
 	{
 		Oid			types[2] = {INT8OID, JSONBOID};
 
-		plan = prepare_kept("SELECT asyncjobs._control_outcome($1, $2)", 2, types);
+		plan = asyncjobs_prepare_kept("SELECT asyncjobs._control_outcome($1, $2)", 2, types);
 	}
 	args[0] = Int64GetDatum(job->id);
 	if (attempt)
@@ -499,8 +515,8 @@ apply_control(AsyncJob *job, const char *attempt)
  * writing nothing, when the job is no longer InProgress (canceled or
  * paused meanwhile).
  */
-static bool
-record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
+bool
+asyncjobs_record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 {
 	double		timespan = (double) (outcome->ended - outcome->started) / USECS_PER_SEC;
 	bool		retry = false;
@@ -532,9 +548,9 @@ record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 		Oid			rtypes[8] = {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID,
 		FLOAT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID};
 
-		finish_plan = prepare_kept("SELECT asyncjobs._finish($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+		finish_plan = asyncjobs_prepare_kept("SELECT asyncjobs._finish($1, $2, $3, $4, $5, $6, $7, $8, $9)",
 								   9, ftypes);
-		retry_plan = prepare_kept("SELECT asyncjobs._retry_later($1, $2, $3, $4, $5, $6, $7, $8)",
+		retry_plan = asyncjobs_prepare_kept("SELECT asyncjobs._retry_later($1, $2, $3, $4, $5, $6, $7, $8)",
 								  8, rtypes);
 	}
 
@@ -554,7 +570,7 @@ record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 		args[5] = CStringGetTextDatum(outcome->message);
 		args[6] = CStringGetTextDatum(outcome->friendly);
 		args[7] = DirectFunctionCall1(jsonb_in,
-									  CStringGetDatum(attempt_json(job, outcome, "retry")));
+									  CStringGetDatum(asyncjobs_attempt_json(job, outcome, "retry")));
 		rc = SPI_execute_plan(retry_plan, args, nulls, false, 0);
 	}
 	else
@@ -579,7 +595,7 @@ record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 			args[7] = CStringGetTextDatum(outcome->friendly);
 		}
 		args[8] = DirectFunctionCall1(jsonb_in,
-									  CStringGetDatum(attempt_json(job, outcome,
+									  CStringGetDatum(asyncjobs_attempt_json(job, outcome,
 																   outcome->succeeded ? "succeeded" : "failed")));
 		rc = SPI_execute_plan(finish_plan, args, nulls, false, 0);
 	}
@@ -623,7 +639,7 @@ write_trace(AsyncJob *job, AsyncJobOutcome *outcome)
 	{
 		Oid			types[5] = {INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID};
 
-		plan = prepare_kept("INSERT INTO asyncjobs.plugintracelog "
+		plan = asyncjobs_prepare_kept("INSERT INTO asyncjobs.plugintracelog "
 							"(asyncoperationid, typename, messagename, depth, correlationid, "
 							" messageblock, exceptiondetails, performanceexecutionstarttime, "
 							" performanceexecutionduration, createdon) "
@@ -653,8 +669,8 @@ write_trace(AsyncJob *job, AsyncJobOutcome *outcome)
 /*
  * One attempt's entry in the job's attempts history.
  */
-static char *
-attempt_json(AsyncJob *job, AsyncJobOutcome *outcome, const char *kind)
+char *
+asyncjobs_attempt_json(AsyncJob *job, AsyncJobOutcome *outcome, const char *kind)
 {
 	StringInfoData buf;
 
