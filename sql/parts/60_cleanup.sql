@@ -109,7 +109,8 @@ AS $$
                       AND d.deptype = 'e')
       FROM pg_inherits i
       JOIN pg_class c ON c.oid = i.inhrelid
-     CROSS JOIN LATERAL (SELECT pg_get_expr(c.relpartbound, c.oid) AS expr) b
+     -- (relid 0: a bound has no column references, and a relid would lock it)
+     CROSS JOIN LATERAL (SELECT pg_get_expr(c.relpartbound, 0) AS expr) b
      WHERE i.inhparent = 'asyncjobs.job_history'::regclass
      ORDER BY 3 NULLS LAST, 2
 $$;
