@@ -7,9 +7,10 @@ CREATE EXTENSION IF NOT EXISTS asyncjobs;
 SHOW asyncjobs.trace_level;
 
 -- outside a job, trace() does nothing
+SELECT count(*) AS traces_before FROM asyncjobs.plugintracelog \gset
 SELECT asyncjobs.trace('nobody listens');
 SELECT asyncjobs.trace(NULL);
-SELECT count(*) FROM asyncjobs.plugintracelog;
+SELECT count(*) - :traces_before AS new_traces FROM asyncjobs.plugintracelog;
 
 CREATE FUNCTION traced(data jsonb) RETURNS text
 LANGUAGE plpgsql AS $$

@@ -236,13 +236,13 @@ run_batch(AsyncJob *job, BulkDelete *bd, BatchResult *res, AsyncJobOutcome *outc
 
 				MemoryContextSwitchTo(bcxt);
 				edata = CopyErrorData();
-				/* a cancel, pause or timeout is not a row's fault */
-				if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
-					PG_RE_THROW();
 				FlushErrorState();
 				RollbackAndReleaseCurrentSubTransaction();
 				MemoryContextSwitchTo(bcxt);
 				CurrentResourceOwner = bowner;
+				/* a cancel, pause or timeout is not a row's fault */
+				if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+					ReThrowError(edata);
 				whole_ok = false;
 			}
 			PG_END_TRY();
@@ -289,12 +289,12 @@ run_batch(AsyncJob *job, BulkDelete *bd, BatchResult *res, AsyncJobOutcome *outc
 
 						MemoryContextSwitchTo(bcxt);
 						rowerr = CopyErrorData();
-						if (rowerr->sqlerrcode == ERRCODE_QUERY_CANCELED)
-							PG_RE_THROW();
 						FlushErrorState();
 						RollbackAndReleaseCurrentSubTransaction();
 						MemoryContextSwitchTo(bcxt);
 						CurrentResourceOwner = bowner;
+						if (rowerr->sqlerrcode == ERRCODE_QUERY_CANCELED)
+							ReThrowError(rowerr);
 						/* kept for record_batch(), past our SPI connection */
 						MemoryContextSwitchTo(oldcxt);
 						res->failed++;

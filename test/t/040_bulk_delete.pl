@@ -273,11 +273,6 @@ is( q1("SELECT (a2.startedon - a1.startedon) BETWEEN interval '1 second' AND int
 q1("SELECT asyncjobs.cancel(asyncoperationid) FROM asyncjobs.job "
 	  . "WHERE operationtype = 13 AND name = 'expire sessions'");
 
-my $todo_pause =
-    'bug: a pause or cancel interrupting a batch leaves the worker inside '
-  . 'the subtransaction of run_batch(), so the Paused or Canceled state is '
-  . 'never committed (the job stays 2/21 or 2/22) and the worker keeps a '
-  . 'transaction open';
 
 ###########################################################################
 # (last: with the bug below, each of these leaves a worker stuck)
@@ -293,9 +288,7 @@ ok($node->poll_until('postgres',
 my $t0 = time;
 is(q1("SELECT asyncjobs.pause($job)"), 't', 'pause: pause() returns true');
 my $elapsed;
-TODO:
 {
-	local $TODO = $todo_pause;
 	ok($node->poll_until('postgres',
 			"SELECT statecode || '/' || statuscode FROM asyncjobs.asyncoperation WHERE asyncoperationid = $job",
 			'1/12', 5),
@@ -317,9 +310,7 @@ is(q1('SELECT count(*) FROM pz WHERE grp = 0'), 30000 - $succ_paused,
 	'pause: the rows left are still there');
 
 q1(q{UPDATE knobs SET delay = 0.01 WHERE tab = 'pz'});
-TODO:
 {
-	local $TODO = $todo_pause;
 	is(status_of($job), '1/12', 'pause: still Paused');
 	is(q1("SELECT asyncjobs.resume($job)"), 't', 'resume: resume() returns true');
 	is($node->wait_for_job('postgres', $job, 5), 30, 'resume: the job continues and Succeeds');
@@ -343,9 +334,7 @@ ok($node->poll_until('postgres',
 		't', 20),
 	'cancel: the job has committed 2 batches');
 $t0 = time;
-TODO:
 {
-	local $TODO = $todo_pause;
 	is(q1("SELECT asyncjobs.cancel($job); SELECT asyncjobs.wait($job, '5 s')"),
 		"t\n32", 'cancel: cancel() returns true and the job ends Canceled');
 	$elapsed = time - $t0;
@@ -360,9 +349,7 @@ is(q1('SELECT count(*) FROM cz WHERE grp <> 0'), '60000', 'cancel: non-matching 
 usleep(500_000);
 is(q1('SELECT count(*) FROM cz WHERE grp = 0'), 30000 - $succ_cancel,
 	'cancel: nothing is deleted after the cancel');
-TODO:
 {
-	local $TODO = $todo_pause;
 	is(status_of($job), '3/32', 'cancel: the job stays Canceled');
 }
 
