@@ -221,7 +221,7 @@ SET ROLE regress_bd_bob;
 INSERT INTO bd.docs (id) SELECT generate_series(41, 70);
 SELECT asyncjobs.bulk_delete('bd.docs', 'true', batch_size => 7) AS j5 \gset
 RESET ROLE;
-SELECT ownerid, pg_temp.st(:j5) FROM asyncjobs.asyncoperation WHERE asyncoperationid = :j5;
+SELECT ownerid FROM asyncjobs.asyncoperation WHERE asyncoperationid = :j5;
 SELECT asyncjobs.wait(:j5);
 SELECT pg_temp.progress(:j5);
 SELECT result FROM asyncjobs.asyncoperation WHERE asyncoperationid = :j5;
