@@ -54,3 +54,48 @@ SELECT length(messageblock) <= 10240 + 60 AS bounded,
        messageblock LIKE '%line 3000 of 3000%about to fail%' AS newest_kept,
        messageblock NOT LIKE '%starting with%' AS oldest_dropped
   FROM asyncjobs.plugintracelog WHERE asyncoperationid = :big_job;
+
+-- the other levels: the workers follow the server's setting after a reload
+CREATE PROCEDURE pg_temp.until_level(want_rows int, data jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    id   bigint;
+    rows int;
+    good int := 0;
+BEGIN
+    -- probe jobs until three in a row show the setting (every worker
+    -- reloads at its next loop)
+    FOR i IN 1 .. 100 LOOP
+        id := asyncjobs.enqueue('traced', data);
+        COMMIT;
+        PERFORM asyncjobs.wait(id);
+        SELECT count(*) INTO rows FROM asyncjobs.plugintracelog WHERE asyncoperationid = id;
+        good := CASE WHEN rows = want_rows THEN good + 1 ELSE 0 END;
+        IF good = 3 THEN
+            RETURN;
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RAISE EXCEPTION 'the workers did not follow asyncjobs.trace_level';
+END
+$$;
+
+ALTER SYSTEM SET asyncjobs.trace_level = 'all';
+SELECT pg_reload_conf();
+CALL pg_temp.until_level(1, '{"lines": 1}');
+-- all: a job that succeeds keeps its lines, without exception details
+SELECT asyncjobs.enqueue('traced', '{"lines": 1}') AS all_job \gset
+SELECT asyncjobs.wait(:all_job);
+SELECT messageblock, exceptiondetails IS NULL AS no_exception
+  FROM asyncjobs.plugintracelog WHERE asyncoperationid = :all_job;
+
+ALTER SYSTEM SET asyncjobs.trace_level = 'off';
+SELECT pg_reload_conf();
+CALL pg_temp.until_level(0, '{"fail": true}');
+-- off: not even a failed job leaves a trace
+SELECT asyncjobs.enqueue('traced', '{"lines": 1, "fail": true}', max_retries => 0) AS off_job \gset
+SELECT asyncjobs.wait(:off_job);
+SELECT count(*) FROM asyncjobs.plugintracelog WHERE asyncoperationid = :off_job;
+
+ALTER SYSTEM RESET asyncjobs.trace_level;
+SELECT pg_reload_conf();
