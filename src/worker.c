@@ -154,6 +154,7 @@ asyncjobs_worker_main(Datum main_arg)
 	{
 		TimestampTz now;
 		int			n = 0;
+		int			rc;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -215,14 +216,18 @@ asyncjobs_worker_main(Datum main_arg)
 
 		MySlot->state = SLOT_IDLE;
 		pgstat_report_activity(STATE_IDLE, NULL);
-		(void) WaitLatch(MyLatch,
-						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 asyncjobs_poll_interval,
-						 PG_WAIT_EXTENSION);
+		rc = WaitLatch(MyLatch,
+					   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					   asyncjobs_poll_interval,
+					   PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 
-		/* the extension may have been dropped while we slept */
-		if (!worker_extension_present(NULL))
+		/*
+		 * The extension may have been dropped while we slept.  Checked on
+		 * the poll's timeout only: a wake-up means an enqueue, which needs
+		 * the extension, and must not wait for an extra transaction.
+		 */
+		if ((rc & WL_TIMEOUT) && !worker_extension_present(NULL))
 		{
 			MySlot->exit_reason = EXIT_NO_EXTENSION;
 			proc_exit(0);
