@@ -28,6 +28,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
@@ -43,6 +44,8 @@
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -80,7 +83,17 @@ static SPIPlanPtr retry_plan = NULL;
 
 static void worker_detach(int code, Datum arg);
 static bool worker_extension_present(char **dbname);
+static void job_table_changed(Datum arg, Oid relid);
+
+/*
+ * The extension's job table, and whether the relcache said it changed (it
+ * does when the extension is dropped): then the next claim first checks
+ * that the extension is still there.
+ */
+static Oid	job_relid = InvalidOid;
+static bool extension_check_needed = false;
 static int	claim_jobs(AsyncJob **jobs, int limit);
+static int	claim_or_exit(AsyncJob **jobs, int limit);
 static void run_claimed(AsyncJob *job, uint32 batch_seq);
 static void finish_job_run(void);
 
@@ -176,7 +189,7 @@ asyncjobs_worker_main(Datum main_arg)
 			MemoryContextReset(batch_context);
 			claim_size = Min(claim_size, asyncjobs_batch_size);
 			batch_seq = pg_atomic_read_u32(&MySlot->control_seq);
-			n = claim_jobs(&jobs, claim_size);
+			n = claim_or_exit(&jobs, claim_size);
 			if (n > 0)
 			{
 				TimestampTz batch_start = GetCurrentTimestamp();
@@ -264,10 +277,25 @@ worker_extension_present(char **dbname)
 	StartTransactionCommand();
 	present = OidIsValid(get_extension_oid(ASYNCJOBS_EXTENSION, true));
 	if (dbname)
+	{
 		*dbname = MemoryContextStrdup(TopMemoryContext,
 									  get_database_name(MyDatabaseId));
+		if (present)
+		{
+			job_relid = get_relname_relid("job",
+										  get_namespace_oid(ASYNCJOBS_SCHEMA, true));
+			CacheRegisterRelcacheCallback(job_table_changed, (Datum) 0);
+		}
+	}
 	CommitTransactionCommand();
 	return present;
+}
+
+static void
+job_table_changed(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == job_relid)
+		extension_check_needed = true;
 }
 
 SPIPlanPtr
@@ -308,7 +336,40 @@ get_int64(HeapTuple tup, TupleDesc desc, int col, int64 dflt)
 }
 
 /*
- * Claims up to "limit" due jobs and commits them as InProgress.  The jobs are copied into batch_context.
+ * claim_jobs(), except that a claim failing because the extension was just
+ * dropped (its functions are gone) ends the worker quietly.
+ */
+static int
+claim_or_exit(AsyncJob **jobs, int limit)
+{
+	volatile int n = 0;
+
+	PG_TRY();
+	{
+		n = claim_jobs(jobs, limit);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(TopMemoryContext);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		if (!worker_extension_present(NULL))
+		{
+			MySlot->exit_reason = EXIT_NO_EXTENSION;
+			proc_exit(0);
+		}
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+	return n;
+}
+
+/*
+ * Claims up to "limit" due jobs and commits them as InProgress.  The jobs
+ * are copied into batch_context.
  */
 static int
 claim_jobs(AsyncJob **jobs, int limit)
@@ -321,6 +382,19 @@ claim_jobs(AsyncJob **jobs, int limit)
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+
+	/* starting the transaction took in invalidations: is the extension gone? */
+	if (extension_check_needed)
+	{
+		extension_check_needed = false;
+		if (!OidIsValid(get_extension_oid(ASYNCJOBS_EXTENSION, true)))
+		{
+			CommitTransactionCommand();
+			MySlot->exit_reason = EXIT_NO_EXTENSION;
+			proc_exit(0);
+		}
+	}
+
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
