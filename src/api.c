@@ -759,6 +759,8 @@ asyncjobs_wait(PG_FUNCTION_ARGS)
 	TimestampTz deadline;
 	OwnerSwitch sw;
 	int16		status = -1;
+	Oid			caller = GetUserId();
+	bool		checked = false;
 
 	asyncjobs_require_shmem();
 	require_not_null(fcinfo, 0, "job");
@@ -786,9 +788,11 @@ asyncjobs_wait(PG_FUNCTION_ARGS)
 		Oid			t1[1] = {INT8OID};
 
 		status_plan = prepare_kept(
-								   "SELECT statuscode, xmin FROM asyncjobs.job WHERE asyncoperationid = $1 "
+								   "SELECT statuscode, xmin, ownerid::pg_catalog.oid FROM asyncjobs.job "
+								   "WHERE asyncoperationid = $1 "
 								   "UNION ALL "
-								   "SELECT statuscode, NULL FROM asyncjobs.job_history WHERE asyncoperationid = $1",
+								   "SELECT statuscode, NULL, ownerid::pg_catalog.oid FROM asyncjobs.job_history "
+								   "WHERE asyncoperationid = $1",
 								   1, t1);
 	}
 
@@ -809,6 +813,20 @@ asyncjobs_wait(PG_FUNCTION_ARGS)
 					 errmsg("job %lld does not exist", (long long) job)));
 		status = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0],
 											 SPI_tuptable->tupdesc, 1, &isnull));
+		if (!checked)
+		{
+			Oid			owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+															   SPI_tuptable->tupdesc, 3, &isnull));
+			Oid			admin = get_role_oid("asyncjobs_admin", true);
+
+			if (!has_privs_of_role(caller, owner) &&
+				!(OidIsValid(admin) && has_privs_of_role(caller, admin)))
+				ereport(ERROR,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("permission denied for job %lld", (long long) job),
+						 errhint("Only the job's owner, roles with its privileges, members of asyncjobs_admin and superusers may wait for it.")));
+			checked = true;
+		}
 		if (status >= AJ_STATUS_SUCCEEDED)
 			break;
 		{

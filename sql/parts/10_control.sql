@@ -17,11 +17,11 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT pg_has_role(caller::oid, owner::oid, 'USAGE') THEN
+    IF NOT (pg_has_role(caller::oid, owner::oid, 'USAGE') OR asyncjobs._is_admin(caller)) THEN
         RAISE EXCEPTION 'permission denied for job %', job_id
             USING ERRCODE = 'insufficient_privilege',
                   DETAIL = format('Job %s belongs to role %s.', job_id, owner),
-                  HINT = 'Only the job''s owner, roles with its privileges and superusers may manage it.';
+                  HINT = 'Only the job''s owner, roles with its privileges, members of asyncjobs_admin and superusers may manage it.';
     END IF;
 END
 $$;
@@ -334,7 +334,7 @@ BEGIN
         RAISE EXCEPTION 'operation "%" is not registered', op
             USING ERRCODE = 'undefined_object';
     END IF;
-    IF NOT (pg_has_role(caller::oid, t.owner::oid, 'USAGE')
+    IF NOT (pg_has_role(caller::oid, t.owner::oid, 'USAGE') OR asyncjobs._is_admin(caller)
             OR (t.builtin AND (SELECT rolsuper FROM pg_roles WHERE oid = caller::oid))) THEN
         RAISE EXCEPTION 'must be owner of operation "%"', op
             USING ERRCODE = 'insufficient_privilege';

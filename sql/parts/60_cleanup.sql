@@ -82,11 +82,11 @@ AS $$
 DECLARE
     owner_oid oid := (SELECT extowner FROM pg_extension WHERE extname = 'asyncjobs');
 BEGIN
-    IF NOT pg_has_role(caller::oid, owner_oid, 'USAGE') THEN
+    IF NOT (pg_has_role(caller::oid, owner_oid, 'USAGE') OR asyncjobs._is_admin(caller)) THEN
         RAISE EXCEPTION 'permission denied for %', what
             USING ERRCODE = 'insufficient_privilege',
                   DETAIL = 'It purges the completed jobs of every role.',
-                  HINT = format('Only superusers and roles with the privileges of the extension''s owner (%s) may run it.',
+                  HINT = format('Only superusers, members of asyncjobs_admin and roles with the privileges of the extension''s owner (%s) may run it.',
                                 owner_oid::regrole);
     END IF;
 END
