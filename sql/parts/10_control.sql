@@ -101,6 +101,23 @@ BEGIN
 END
 $$;
 
+-- Asks a Locked job to stop: Canceling (22) or Pausing (21), and its
+-- worker, if a background worker holds it, is told at once (an external
+-- worker learns at its next call).
+CREATE FUNCTION asyncjobs._stop_locked(j asyncjobs.job, status smallint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE asyncjobs.job SET statuscode = status, modifiedon = clock_timestamp()
+     WHERE asyncoperationid = j.asyncoperationid;
+    IF j.lockedby IS NOT NULL THEN
+        PERFORM asyncjobs._interrupt_worker(j.lockedby, j.asyncoperationid);
+    END IF;
+END
+$$;
+
 -- Ready or Suspended: Canceled at once.  Locked: Canceling, the worker is
 -- interrupted, and the job ends Canceled with its effects rolled back.
 CREATE FUNCTION asyncjobs._cancel_impl(caller regrole, job_id bigint)
@@ -124,11 +141,7 @@ BEGIN
     ELSIF j.statuscode = 22 THEN
         RETURN false;
     END IF;
-    UPDATE asyncjobs.job SET statuscode = 22, modifiedon = clock_timestamp()
-     WHERE asyncoperationid = job_id;
-    IF j.lockedby IS NOT NULL THEN
-        PERFORM asyncjobs._interrupt_worker(j.lockedby, job_id);
-    END IF;
+    PERFORM asyncjobs._stop_locked(j, 22::smallint);
     RETURN true;
 END
 $$;
@@ -155,11 +168,7 @@ BEGIN
          WHERE asyncoperationid = job_id;
         RETURN true;
     ELSIF j.statuscode = 20 THEN
-        UPDATE asyncjobs.job SET statuscode = 21, modifiedon = clock_timestamp()
-         WHERE asyncoperationid = job_id;
-        IF j.lockedby IS NOT NULL THEN
-            PERFORM asyncjobs._interrupt_worker(j.lockedby, job_id);
-        END IF;
+        PERFORM asyncjobs._stop_locked(j, 21::smallint);
         RETURN true;
     END IF;
     RETURN false;       -- Paused already, Pausing, or Canceling
