@@ -32,6 +32,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -52,6 +53,7 @@ PG_FUNCTION_INFO_V1(asyncjobs_enqueue_sql);
 PG_FUNCTION_INFO_V1(asyncjobs_wait);
 PG_FUNCTION_INFO_V1(asyncjobs_current_job);
 PG_FUNCTION_INFO_V1(asyncjobs_workers);
+PG_FUNCTION_INFO_V1(asyncjobs_check_payload_sql);
 PG_FUNCTION_INFO_V1(asyncjobs_database_changed);
 
 bool		asyncjobs_loop_detected = false;
@@ -68,6 +70,7 @@ typedef struct OwnerSwitch
 {
 	Oid			save_userid;
 	int			save_sec_context;
+	int			save_nestlevel;
 } OwnerSwitch;
 
 /*
@@ -95,13 +98,26 @@ extension_owner(void)
 	return owner;
 }
 
-/* Errors abort the (sub)transaction, which restores the user by itself. */
+/*
+ * Acts as the extension's owner, as a SECURITY DEFINER function would, and
+ * with search_path pinned to pg_catalog, pg_temp for the queries run
+ * meanwhile: the caller's search_path must not reach them, or a function
+ * or operator of the caller's (say an "=" for text in a schema listed
+ * before pg_catalog) would run with the owner's privileges.  Every query
+ * of ours names the objects of the extension with their schema.
+ *
+ * Errors abort the (sub)transaction, which restores both by itself.
+ */
 static void
 become_extension_owner(OwnerSwitch *sw)
 {
 	Oid			owner = extension_owner();
 
 	GetUserIdAndSecContext(&sw->save_userid, &sw->save_sec_context);
+	sw->save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	SetUserIdAndSecContext(owner,
 						   sw->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 }
@@ -109,6 +125,7 @@ become_extension_owner(OwnerSwitch *sw)
 static void
 restore_user(OwnerSwitch *sw)
 {
+	AtEOXact_GUC(true, sw->save_nestlevel);
 	SetUserIdAndSecContext(sw->save_userid, sw->save_sec_context);
 }
 
@@ -410,6 +427,40 @@ asyncjobs_register_operation(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Refuses a jsonb value larger than asyncjobs.max_payload_size: the data of
+ * a job, or the result an external worker reports.  The size is that of
+ * the value as the server holds it, before any compression, so that the
+ * limit does not depend on how well a payload compresses.
+ */
+void
+asyncjobs_check_payload(Jsonb *value, const char *what)
+{
+	int64		size = VARSIZE_ANY_EXHDR(value);
+	int64		limit = (int64) asyncjobs_max_payload_size * 1024;
+
+	if (size > limit)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s is too large: %lld bytes", what, (long long) size),
+				 errdetail("asyncjobs.max_payload_size is %d kB.",
+						   asyncjobs_max_payload_size),
+				 errhint("Keep large data in a table of your own and pass its key in the job's data.")));
+}
+
+/*
+ * asyncjobs._check_payload(value jsonb, what text): the same check for the
+ * SQL functions (external workers' results).
+ */
+Datum
+asyncjobs_check_payload_sql(PG_FUNCTION_ARGS)
+{
+	if (!PG_ARGISNULL(0))
+		asyncjobs_check_payload(PG_GETARG_JSONB_P(0),
+								PG_ARGISNULL(1) ? "value" : text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	PG_RETURN_VOID();
+}
+
+/*
  * The work of enqueue() and enqueue_sql().  "data" is never NULL here.
  */
 static int64
@@ -435,6 +486,7 @@ enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb *data)
 	static SPIPlanPtr dedupe_plan = NULL;
 	static SPIPlanPtr recurrence_plan = NULL;
 
+	asyncjobs_check_payload(data, "job data");
 	if (!PG_ARGISNULL(7) && PG_GETARG_INT32(7) < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

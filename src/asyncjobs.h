@@ -28,6 +28,7 @@
 #include "storage/condition_variable.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
+#include "utils/jsonb.h"
 
 #define ASYNCJOBS_EXTENSION		"asyncjobs"
 #define ASYNCJOBS_SCHEMA		"asyncjobs"
@@ -77,6 +78,7 @@ extern char *asyncjobs_retention_failed;
 extern char *asyncjobs_retention_canceled;
 extern char *asyncjobs_retention_trace;
 extern int	asyncjobs_trace_level;
+extern int	asyncjobs_max_payload_size;
 
 typedef enum AsyncJobsTraceLevel
 {
@@ -162,6 +164,10 @@ extern void asyncjobs_notify_launcher_at_commit(void);
 extern bool asyncjobs_database_quiesced(Oid dboid);
 extern void asyncjobs_quiesce_database(Oid dboid, bool on);
 
+/* ---- api.c ---- */
+/* Refuses a job's data or result larger than asyncjobs.max_payload_size */
+extern void asyncjobs_check_payload(Jsonb *value, const char *what);
+
 /* ---- launcher.c / worker.c ---- */
 extern PGDLLEXPORT void asyncjobs_launcher_main(Datum main_arg);
 extern PGDLLEXPORT void asyncjobs_worker_main(Datum main_arg);
@@ -219,6 +225,8 @@ extern struct _SPI_plan *asyncjobs_prepare_kept(const char *sql, int nargs,
 extern void asyncjobs_run_bulk_delete(AsyncJob *job, MemoryContext cxt);
 extern char *asyncjobs_error_report(ErrorData *edata);
 extern void asyncjobs_reset_session_state(void);
+extern void asyncjobs_pin_search_path(void);
+extern int	asyncjobs_enter_job_search_path(void);
 
 /* ---- trace.c ---- */
 extern void asyncjobs_trace_reset(void);

@@ -29,6 +29,7 @@
 #include "parser/parser.h"
 #include "pgstat.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -205,8 +206,11 @@ run_batch(AsyncJob *job, BulkDelete *bd, BatchResult *res, AsyncJobOutcome *outc
 	{
 		char	   *sql;
 		int			rc;
+		int			save_nestlevel;
 
 		SetUserIdAndSecContext(job->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+		/* the condition is the owner's: it sees the owner's search_path */
+		save_nestlevel = asyncjobs_enter_job_search_path();
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 
@@ -311,6 +315,7 @@ run_batch(AsyncJob *job, BulkDelete *bd, BatchResult *res, AsyncJobOutcome *outc
 		}
 
 		SPI_finish();
+		AtEOXact_GUC(false, save_nestlevel);
 		SetUserIdAndSecContext(save_userid, save_sec);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);

@@ -84,7 +84,7 @@ asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome)
 	call_context = NULL;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	save_nestlevel = NewGUCNestLevel();
+	save_nestlevel = asyncjobs_enter_job_search_path();
 
 	outcome->started = GetCurrentTimestamp();
 	if (job->timeout_ms > 0)
@@ -233,6 +233,8 @@ run_handler(AsyncJob *job)
 	Datum		arg;
 	char		nulls = ' ';
 	int			rc;
+	Datum		res;
+	bool		isnull;
 
 	if (!OidIsValid(job->handler))
 		ereport(ERROR,
@@ -248,6 +250,10 @@ run_handler(AsyncJob *job)
 
 	if (hp->returns_void || SPI_processed == 0)
 		return NULL;
+	res = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return NULL;
+	asyncjobs_check_payload(DatumGetJsonbP(res), "job result");
 	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 }
 
@@ -404,6 +410,44 @@ asyncjobs_error_report(ErrorData *edata)
 	if (edata->context)
 		appendStringInfo(&buf, "\nCONTEXT:  %s", edata->context);
 	return buf.data;
+}
+
+/*
+ * The search_path the jobs run with, and the worker's own.
+ *
+ * The worker runs its own queries as a superuser; the search_path of its
+ * session comes from the database's settings, which a database owner who
+ * is not a superuser may choose.  A schema of that owner's listed before
+ * pg_catalog could then put a function or operator in the worker's
+ * queries.  So the worker pins its own search_path to pg_catalog, pg_temp,
+ * and gives each job (run as its owner, with only the owner's privileges)
+ * the search_path the session started with.
+ */
+static char *job_search_path = NULL;
+
+void
+asyncjobs_pin_search_path(void)
+{
+	job_search_path = MemoryContextStrdup(TopMemoryContext,
+										  GetConfigOption("search_path", false, false));
+	SetConfigOption("search_path", "pg_catalog, pg_temp",
+					PGC_SUSET, PGC_S_SESSION);
+}
+
+/*
+ * Gives the code of a job, from here until AtEOXact_GUC(.., nestlevel),
+ * the search_path of jobs.  Returns the GUC nest level to pop.
+ */
+int
+asyncjobs_enter_job_search_path(void)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	if (job_search_path != NULL)
+		(void) set_config_option("search_path", job_search_path,
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
 }
 
 /*

@@ -37,6 +37,7 @@ char	   *asyncjobs_retention_failed = NULL;
 char	   *asyncjobs_retention_canceled = NULL;
 char	   *asyncjobs_retention_trace = NULL;
 int			asyncjobs_trace_level = TRACE_LEVEL_EXCEPTION;
+int			asyncjobs_max_payload_size = 1024;
 
 static const struct config_enum_entry trace_level_options[] = {
 	{"off", TRACE_LEVEL_OFF, false},
@@ -181,6 +182,16 @@ _PG_init(void)
 							 PGC_SUSET,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("asyncjobs.max_payload_size",
+							"Largest data a job may carry, and largest result an external worker may report.",
+							"Measured as the size of the jsonb value, uncompressed; "
+							"a larger one is refused with SQLSTATE 54000.",
+							&asyncjobs_max_payload_size,
+							1024, 1, MAX_KILOBYTES,
+							PGC_SUSET,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("asyncjobs");
 

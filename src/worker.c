@@ -146,6 +146,8 @@ asyncjobs_worker_main(Datum main_arg)
 		proc_exit(0);
 	}
 
+	asyncjobs_pin_search_path();
+
 	batch_context = AllocSetContextCreate(TopMemoryContext,
 										  "asyncjobs worker batch",
 										  ALLOCSET_DEFAULT_SIZES);

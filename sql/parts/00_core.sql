@@ -636,6 +636,12 @@ AS 'MODULE_PATHNAME', 'asyncjobs_current_job';
 COMMENT ON FUNCTION asyncjobs.current_job() IS
 'inside a running job: its asyncoperationid; elsewhere NULL';
 
+-- Refuses a value larger than asyncjobs.max_payload_size (SQLSTATE 54000).
+CREATE FUNCTION asyncjobs._check_payload(value jsonb, what text)
+RETURNS void
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'asyncjobs_check_payload_sql';
+
 CREATE FUNCTION asyncjobs._workers(
     OUT pid int, OUT database oid, OUT worker_id bigint,
     OUT asyncoperationid bigint, OUT operation text, OUT since timestamptz,
@@ -643,16 +649,6 @@ CREATE FUNCTION asyncjobs._workers(
 RETURNS SETOF record
 LANGUAGE C
 AS 'MODULE_PATHNAME', 'asyncjobs_workers';
-
--- The live worker pool, read from shared memory.
-CREATE VIEW asyncjobs.workers AS
-SELECT w.pid, d.datname AS database, w.asyncoperationid, w.operation,
-       w.since, w.started, w.state, w.jobs_done, w.worker_id
-  FROM asyncjobs._workers() w
-  LEFT JOIN pg_catalog.pg_database d ON d.oid = w.database;
-
-COMMENT ON VIEW asyncjobs.workers IS
-'the live background workers of every database and the job each runs';
 
 -- Tell the launcher this database now has the extension, so that its
 -- workers start now rather than at the launcher's next scan.

@@ -266,7 +266,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM asyncjobs._check_lease(lease_for);
-    IF worker_name IS NOT NULL AND (btrim(worker_name) = '' OR length(worker_name) > 256) THEN
+    IF worker_name IS NOT NULL AND (btrim(worker_name, E' \t\r\n') = '' OR length(worker_name) > 256) THEN
         RAISE EXCEPTION 'worker must be a name of 1 to 256 characters'
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Leave it NULL to use the name of the calling role.';
@@ -319,6 +319,7 @@ DECLARE
     ended   timestamptz := clock_timestamp();
     attempt jsonb;
 BEGIN
+    PERFORM asyncjobs._check_payload(res, 'job result');
     SELECT * INTO j FROM asyncjobs._leased_job(caller, job_id, lease_token);
     attempt := asyncjobs._external_attempt(j, 'succeeded', ended);
     IF j.statuscode = 22 THEN

@@ -59,6 +59,30 @@ ALTER TABLE asyncjobs.bulkdeletefailure ENABLE ROW LEVEL SECURITY;
 CREATE POLICY bulkdeletefailure_owner ON asyncjobs.bulkdeletefailure FOR SELECT
     USING (asyncoperationid IN (SELECT a.asyncoperationid FROM asyncjobs.asyncoperation a));
 
+-- The live worker pool, read from shared memory.  Every role sees the
+-- pool; the job a worker runs (its id and operation) only where the role
+-- may see that job: jobs of this database that the policy on
+-- asyncjobs.job shows it, or any job for asyncjobs_admin.  The view reads
+-- as the querying role (security_invoker, set below).
+CREATE VIEW asyncjobs.workers AS
+SELECT w.pid, d.datname AS database,
+       CASE WHEN v.visible THEN w.asyncoperationid END AS asyncoperationid,
+       CASE WHEN v.visible THEN w.operation END AS operation,
+       w.since, w.started, w.state, w.jobs_done, w.worker_id
+  FROM asyncjobs._workers() w
+  LEFT JOIN pg_catalog.pg_database d ON d.oid = w.database
+  CROSS JOIN LATERAL (
+      SELECT w.asyncoperationid IS NOT NULL
+             AND (asyncjobs._is_admin(current_user::regrole)
+                  OR (d.datname = current_database()
+                      AND EXISTS (SELECT 1 FROM asyncjobs.job j
+                                   WHERE j.asyncoperationid = w.asyncoperationid)))
+             AS visible) v;
+
+COMMENT ON VIEW asyncjobs.workers IS
+'the live background workers of every database and the job each runs (where the role may see that job)';
+
 -- The views read the tables as the querying role, so the policies apply.
 ALTER VIEW asyncjobs.asyncoperation SET (security_invoker = true);
 ALTER VIEW asyncjobs.bulkdeleteoperation SET (security_invoker = true);
+ALTER VIEW asyncjobs.workers SET (security_invoker = true);
