@@ -76,6 +76,37 @@ SELECT asyncjobs.wait(:a1, '0');
 SELECT asyncjobs.pause_operation('sec_bob'), asyncjobs.resume_operation('sec_bob');
 RESET ROLE;
 
+-- the pool is public; the job a worker runs shows only to who may see it
+CREATE FUNCTION pg_temp.running(job bigint) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..600 LOOP
+        IF EXISTS (SELECT 1 FROM asyncjobs.workers w
+                    WHERE w.asyncoperationid = job AND w.state = 'running') THEN
+            RETURN true;
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RETURN false;
+END
+$$;
+SET ROLE regress_sec_alice;
+SELECT asyncjobs.enqueue_sql('SELECT pg_sleep(60)', max_retries => 0) AS sleeper \gset
+RESET ROLE;
+SELECT pg_temp.running(:sleeper);
+SET ROLE regress_sec_alice;
+SELECT operation, state FROM asyncjobs.workers WHERE asyncoperationid = :sleeper;
+SET ROLE regress_sec_boss;
+SELECT operation, state FROM asyncjobs.workers WHERE asyncoperationid = :sleeper;
+SET ROLE regress_sec_bob;
+SELECT count(*) AS bob_sees_alices_running FROM asyncjobs.workers
+ WHERE asyncoperationid = :sleeper OR operation = 'sql';
+SELECT count(*) > 0 AS bob_sees_a_busy_worker FROM asyncjobs.workers
+ WHERE state = 'running' AND asyncoperationid IS NULL;
+RESET ROLE;
+SELECT asyncjobs.cancel(:sleeper);
+SELECT asyncjobs.wait(:sleeper, '60 seconds');
+
 SELECT asyncjobs.cancel(asyncoperationid) FROM asyncjobs.job
  WHERE messagename IN ('sec_held', 'sec_bob');
 DELETE FROM asyncjobs.operation_type WHERE name LIKE 'sec\_%';
