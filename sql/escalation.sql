@@ -49,7 +49,7 @@ SELECT p.oid::regprocedure AS unpinned
 SELECT p.oid::regprocedure AS security_definer, p.proconfig
   FROM pg_proc p
  WHERE p.pronamespace = 'asyncjobs'::regnamespace AND p.prosecdef
- ORDER BY 1::text;
+ ORDER BY p.oid::regprocedure::text COLLATE "C";
 
 -- what PUBLIC may execute: the API, and the few helpers the views and
 -- policies call (none of them writes anything)
@@ -57,7 +57,7 @@ SELECT p.oid::regprocedure AS public_may_execute
   FROM pg_proc p
  WHERE p.pronamespace = 'asyncjobs'::regnamespace
    AND has_function_privilege('regress_esc_mallory', p.oid, 'EXECUTE')
- ORDER BY 1::text;
+ ORDER BY p.oid::regprocedure::text COLLATE "C";
 
 -- and no table or sequence but those behind the views
 SELECT c.oid::regclass AS public_may_read,
@@ -66,7 +66,7 @@ SELECT c.oid::regclass AS public_may_read,
  WHERE c.relnamespace = 'asyncjobs'::regnamespace
    AND c.relkind IN ('r', 'p', 'v', 'S')
    AND has_table_privilege('regress_esc_mallory', c.oid, 'SELECT')
- ORDER BY 1::text;
+ ORDER BY c.relname COLLATE "C";
 
 --------------------------------------------------------------------------
 -- 2. Internal functions and tables, called directly
