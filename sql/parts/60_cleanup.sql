@@ -72,6 +72,21 @@ BEGIN
 END
 $$;
 
+-- The time before which rows past a retention are purged: now() -
+-- retention, or -infinity (keep everything) for a retention that reaches
+-- past the start of the calendar ('1000000 years').
+CREATE FUNCTION asyncjobs._cutoff(retention interval)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN now() - retention;
+EXCEPTION WHEN datetime_field_overflow THEN
+    RETURN '-infinity';
+END
+$$;
+
 -- Who may purge: cleanup deletes every role's jobs, so only roles with the
 -- privileges of the extension's owner (superusers included).
 CREATE FUNCTION asyncjobs._check_cleanup(caller regrole, what text)
@@ -143,9 +158,9 @@ DECLARE
     wait     constant text := '200ms';   -- lock_timeout of every lock we take
 BEGIN
     PERFORM asyncjobs._check_cleanup(caller, 'asyncjobs.cleanup()');
-    cutoffs := ARRAY[now() - asyncjobs._retention(succeeded, 'succeeded'),
-                     now() - asyncjobs._retention(failed, 'failed'),
-                     now() - asyncjobs._retention(canceled, 'canceled')];
+    cutoffs := ARRAY[asyncjobs._cutoff(asyncjobs._retention(succeeded, 'succeeded')),
+                     asyncjobs._cutoff(asyncjobs._retention(failed, 'failed')),
+                     asyncjobs._cutoff(asyncjobs._retention(canceled, 'canceled'))];
     trace_retention := asyncjobs._retention(NULL, 'trace');
     latest := greatest(cutoffs[1], cutoffs[2], cutoffs[3]);
     -- one cleanup at a time (a second one waits, then finds little to do)
@@ -234,7 +249,7 @@ BEGIN
     IF to_regclass('asyncjobs.plugintracelog') IS NOT NULL THEN
         BEGIN
             EXECUTE 'DELETE FROM asyncjobs.plugintracelog WHERE createdon < $1'
-                USING now() - trace_retention;
+                USING asyncjobs._cutoff(trace_retention);
             GET DIAGNOSTICS n = ROW_COUNT;
             purged := purged + n;
         EXCEPTION WHEN lock_not_available THEN
@@ -277,7 +292,11 @@ DECLARE
     username text := (SELECT rolname FROM pg_roles WHERE oid = caller::oid);
     jobid    bigint;
 BEGIN
-    IF schedule IS NULL OR btrim(schedule) = '' THEN
+    IF schedule IS NULL THEN
+        RAISE EXCEPTION 'schedule must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Give a cron schedule, e.g. ''0 3 * * *'' (every day at 03:00 GMT).';
+    ELSIF btrim(schedule) = '' THEN
         RAISE EXCEPTION 'schedule must not be empty'
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Give a cron schedule, e.g. ''0 3 * * *'' (every day at 03:00 GMT).';

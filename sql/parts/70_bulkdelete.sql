@@ -94,30 +94,49 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    kind "char";
+    rel record;
 BEGIN
     IF target IS NULL THEN
         RAISE EXCEPTION 'target must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     ELSIF condition IS NULL THEN
         RAISE EXCEPTION 'condition must not be NULL' USING ERRCODE = 'null_value_not_allowed',
               HINT = 'To delete every row, pass the condition ''true''.';
-    ELSIF btrim(condition) = '' THEN
+    ELSIF btrim(condition, E' \t\n\r\f' || chr(11)) = '' THEN
         RAISE EXCEPTION 'condition must not be empty' USING ERRCODE = 'invalid_parameter_value',
               HINT = 'To delete every row, pass the condition ''true''.';
-    ELSIF batch_size IS NULL OR batch_size < 1 OR batch_size > 100000 THEN
+    ELSIF batch_size IS NULL THEN
+        RAISE EXCEPTION 'batch_size must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    ELSIF batch_size < 1 OR batch_size > 100000 THEN
         RAISE EXCEPTION 'batch_size must be between 1 and 100000'
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF NOT isfinite(start_at) THEN
+        RAISE EXCEPTION 'start_at must be a finite timestamp'
             USING ERRCODE = 'invalid_parameter_value';
     ELSIF (window_start IS NULL) <> (window_end IS NULL) THEN
         RAISE EXCEPTION 'window_start and window_end go together'
             USING ERRCODE = 'invalid_parameter_value';
-    ELSIF window_start = window_end THEN
+    -- 24:00 to 00:00 is empty too: no time of day is at or after 24:00
+    ELSIF window_start = window_end OR (window_start = '24:00' AND window_end = '00:00') THEN
         RAISE EXCEPTION 'the window must not be empty'
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Leave both NULL to delete at any time of day.';
     END IF;
-    SELECT relkind INTO kind FROM pg_class WHERE oid = target;
-    IF kind NOT IN ('r', 'p') THEN
+    SELECT c.relkind, c.relpersistence, n.nspname INTO rel
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = target;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', target::oid
+            USING ERRCODE = 'undefined_table';
+    ELSIF rel.relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION '"%" is not a table', target USING ERRCODE = 'wrong_object_type';
+    ELSIF rel.relpersistence = 't' THEN
+        RAISE EXCEPTION '"%" is a temporary table', target
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Bulk delete jobs run in other sessions, where the table does not exist.';
+    ELSIF rel.nspname = 'asyncjobs' THEN
+        RAISE EXCEPTION 'bulk delete cannot target the tables of asyncjobs'
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Completed jobs are purged by asyncjobs.cleanup().';
     END IF;
     IF asyncjobs._key_expression(target) IS NULL THEN
         RAISE EXCEPTION 'table "%" has no primary key', target
