@@ -7,6 +7,7 @@ OBJS = \
 	src/executor.o \
 	src/launcher.o \
 	src/module.o \
+	src/monitor.o \
 	src/retry.o \
 	src/shmem.o \
 	src/trace.o \

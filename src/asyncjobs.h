@@ -164,6 +164,9 @@ extern void asyncjobs_notify_launcher_at_commit(void);
 extern bool asyncjobs_database_quiesced(Oid dboid);
 extern void asyncjobs_quiesce_database(Oid dboid, bool on);
 
+/* ---- monitor.c ---- */
+extern void asyncjobs_monitor_init(void);
+
 /* ---- api.c ---- */
 /* Refuses a job's data or result larger than asyncjobs.max_payload_size */
 extern void asyncjobs_check_payload(Jsonb *value, const char *what);

@@ -193,6 +193,8 @@ _PG_init(void)
 							GUC_UNIT_KB,
 							NULL, NULL, NULL);
 
+	asyncjobs_monitor_init();
+
 	MarkGUCPrefixReserved("asyncjobs");
 
 	asyncjobs_shmem_request();

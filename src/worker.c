@@ -214,6 +214,8 @@ asyncjobs_worker_main(Datum main_arg)
 		if (TimestampDifferenceExceeds(last_orphan_check, now, ORPHAN_CHECK_MS))
 		{
 			(void) run_maintenance(REQUEUE_SQL);
+			/* backlog samples and rollup compaction (85_monitoring.sql) */
+			(void) run_maintenance("SELECT asyncjobs._monitor_tick()");
 			last_orphan_check = now;
 		}
 		if (TimestampDifferenceExceeds(last_partition_check, now, PARTITION_CHECK_MS) ||

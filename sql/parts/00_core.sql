@@ -405,6 +405,10 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
+    -- the figures of monitoring (85_monitoring.sql), in the same transaction
+    PERFORM asyncjobs._rollup_add(done.messagename, done.ownerid, status,
+                                  done.executiontimespan, 0,
+                                  coalesce(err_code = 'AJ002', false));
     IF done.recurrencepattern IS NOT NULL AND status IN (30, 31) THEN
         PERFORM asyncjobs._queue_next_occurrence(done);
     END IF;
@@ -453,6 +457,9 @@ RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    op    text;
+    owner regrole;
 BEGIN
     UPDATE asyncjobs.job
        SET statecode = 1, statuscode = 11, retrycount = retrycount + 1,
@@ -462,8 +469,13 @@ BEGIN
            message = err_message, friendlymessage = err_friendly,
            lockedby = NULL, hostid = NULL, leasetoken = NULL,
            leaseexpires = NULL, attempts = attempts || attempt
-     WHERE asyncoperationid = job_id AND statuscode = 20;
-    RETURN FOUND;
+     WHERE asyncoperationid = job_id AND statuscode = 20
+    RETURNING messagename, ownerid INTO op, owner;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM asyncjobs._rollup_add(op, owner, NULL, NULL, 1);
+    RETURN true;
 END
 $$;
 
@@ -535,7 +547,7 @@ BEGIN
                                   'ended', clock_timestamp(),
                                   'errorcode', '57P01', 'message', msg);
     FOR orphan IN
-        SELECT j.asyncoperationid, j.retrycount, j.maxretries
+        SELECT j.asyncoperationid, j.retrycount, j.maxretries, j.messagename, j.ownerid
           FROM asyncjobs.job j
          WHERE j.statecode = 2 AND j.lockedby IS NOT NULL
            AND NOT asyncjobs._live_worker(j.lockedby)
@@ -557,6 +569,7 @@ BEGIN
                    message = 'ERROR:  ' || msg, friendlymessage = msg,
                    attempts = attempts || attempt
              WHERE asyncoperationid = orphan.asyncoperationid;
+            PERFORM asyncjobs._rollup_add(orphan.messagename, orphan.ownerid, NULL, NULL, 1);
         END IF;
         n := n + 1;
     END LOOP;

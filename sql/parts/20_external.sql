@@ -199,6 +199,7 @@ BEGIN
                    errorcode = 'AJ004', message = 'ERROR:  ' || msg || E'\nDETAIL:  ' || detail,
                    friendlymessage = msg, attempts = attempts || attempt
              WHERE asyncoperationid = x.asyncoperationid;
+            PERFORM asyncjobs._rollup_add(x.messagename, x.ownerid, NULL, NULL, 1);
         END IF;
         n := n + 1;
     END LOOP;
