@@ -71,6 +71,9 @@ LANGUAGE sql AS $$
            md5(string_agg(t::text, '|' ORDER BY t.asyncoperationid, t.regardingobjectid))
       FROM asyncjobs.bulkdeletefailure t
     UNION ALL
+    SELECT 'job_rollup', count(*), md5(string_agg(t::text, '|' ORDER BY t.bucket, t.operation, t.ownerid, t.shard))
+      FROM asyncjobs.job_rollup t
+    UNION ALL
     SELECT 'step', count(*), md5(string_agg(t::text, '|' ORDER BY t.target, t.event, t.operation))
       FROM asyncjobs.step t
     UNION ALL
@@ -131,16 +134,9 @@ CREATE TEMP TABLE bi_before AS SELECT * FROM pg_temp.fingerprint();
 -- The catalogue
 --------------------------------------------------------------------------
 --
--- Not here yet, because they are accepted today (checks of src/api.c and
--- src/worker.c to add, then the calls here):
---   register_operation('   ') (a blank name), and names with control
---     characters;
---   register_operation(..., retry_delay => '1000000 years',
---     retry_delay_max => '1000000 years'): the next retry time overflows;
---   enqueue(..., name => '') and enqueue(..., regarding => '');
---   enqueue('bulk_delete', <any data>), which skips bulk_delete()'s checks;
---   wait(<a job that waits>, '1000000 years') returns at once.
--- And maintain_partitions(NULL) gives 22023 rather than 22004.
+-- Accepted still: enqueue('bulk_delete', <data>) skips bulk_delete()'s
+-- checks (the job then fails in the worker with the reason, and runs as
+-- its owner, with the owner's privileges only).
 
 -- register_operation(name, handler, max_retries, retry_delay,
 --                    retry_delay_max, timeout, max_concurrency, priority)
@@ -148,6 +144,9 @@ SELECT call, pg_temp.try(call) AS outcome FROM unnest(ARRAY[
     $$asyncjobs.register_operation(NULL)$$,
     $$asyncjobs.register_operation('')$$,
     $$asyncjobs.register_operation(repeat('x', 64))$$,
+    $$asyncjobs.register_operation('   ')$$,
+    $$asyncjobs.register_operation(E'bi\tnew')$$,
+    $$asyncjobs.register_operation(E'bi_new\n')$$,
     $$asyncjobs.register_operation('bi_new', 'abs(int)')$$,
     $$asyncjobs.register_operation('bi_new', 'bi_two_args(jsonb, int)')$$,
     $$asyncjobs.register_operation('bi_new', 'bi_set(jsonb)')$$,
@@ -162,6 +161,8 @@ SELECT call, pg_temp.try(call) AS outcome FROM unnest(ARRAY[
     $$asyncjobs.register_operation('bi_new', retry_delay => '-1 hour')$$,
     $$asyncjobs.register_operation('bi_new', retry_delay => '1 month -31 days')$$,
     $$asyncjobs.register_operation('bi_new', retry_delay => 'soon')$$,
+    $$asyncjobs.register_operation('bi_new', retry_delay => '1000000 years', retry_delay_max => '1000000 years')$$,
+    $$asyncjobs.register_operation('bi_new', retry_delay_max => '367 days')$$,
     $$asyncjobs.register_operation('bi_new', retry_delay_max => NULL)$$,
     $$asyncjobs.register_operation('bi_new', retry_delay_max => '-1 hour')$$,
     $$asyncjobs.register_operation('bi_new', retry_delay => '1 day', retry_delay_max => '1 hour')$$,
@@ -195,6 +196,12 @@ SELECT call, pg_temp.try(call) AS outcome FROM unnest(ARRAY[
     $$asyncjobs.enqueue('bi_ext', postpone_until => 'tomorrow-ish')$$,
     $$asyncjobs.enqueue('bi_ext', dependency_token => '')$$,
     $$asyncjobs.enqueue('bi_ext', dedupe_key => '')$$,
+    $$asyncjobs.enqueue('bi_ext', name => '')$$,
+    $$asyncjobs.enqueue('bi_ext', regarding => '')$$,
+    $$asyncjobs.enqueue('bi_ext', dedupe_key => repeat('k', 1001))$$,
+    $$asyncjobs.enqueue('bi_ext', dependency_token => repeat('k', 1001))$$,
+    $$asyncjobs.enqueue('bi_ext', regarding => repeat('k', 1001))$$,
+    $$asyncjobs.enqueue('bi_ext', name => repeat('k', 1001))$$,
     $$asyncjobs.enqueue('bi_ext', max_retries => -1)$$,
     $$asyncjobs.enqueue('bi_ext', max_retries => -2147483648)$$,
     $$asyncjobs.enqueue('bi_ext', recurrence => 'FREQ=DAILY;INTERVAL=0')$$,

@@ -279,6 +279,24 @@ asyncjobs_register_operation(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("operation name must have between 1 and %d characters",
 						NAMEDATALEN - 1)));
+	{
+		const char *c;
+		bool		blank = true;
+
+		for (c = name; *c; c++)
+		{
+			if ((unsigned char) *c < 0x20 || *c == 0x7f)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("operation name must not contain control characters")));
+			if (*c != ' ')
+				blank = false;
+		}
+		if (blank)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("operation name must not be blank")));
+	}
 
 	max_retries = PG_GETARG_INT32(2);
 	if (max_retries < 0)
@@ -297,6 +315,12 @@ asyncjobs_register_operation(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("retry_delay_max must not be shorter than retry_delay")));
+	/* a retry must fall due within the timestamp range: a year at most */
+	if (interval_ms(retry_delay) > (int64) 366 * SECS_PER_DAY * 1000 ||
+		interval_ms(retry_delay_max) > (int64) 366 * SECS_PER_DAY * 1000)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("retry_delay and retry_delay_max must not exceed 366 days")));
 	if (interval_ms(timeout) > INT_MAX)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -492,14 +516,37 @@ enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb *data)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_retries must not be negative"),
 				 errdetail("The value given is %d.", PG_GETARG_INT32(7))));
-	if (!PG_ARGISNULL(5) && VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(5)) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("dependency_token must not be empty")));
-	if (!PG_ARGISNULL(6) && VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(6)) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("dedupe_key must not be empty")));
+	{
+		/* the text options: not empty, and short enough for their indexes */
+		static const struct
+		{
+			int			argno;
+			const char *name;
+		}			opts[] = {
+			{2, "name"}, {5, "dependency_token"}, {6, "dedupe_key"}, {9, "regarding"}
+		};
+		int			i;
+
+		for (i = 0; i < (int) lengthof(opts); i++)
+		{
+			int			len;
+
+			if (PG_ARGISNULL(opts[i].argno))
+				continue;
+			len = VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(opts[i].argno));
+			if (len == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("%s must not be empty", opts[i].name),
+						 errhint("Pass NULL to leave it out.")));
+			if (len > AJ_MAX_KEY_LENGTH)
+				ereport(ERROR,
+						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						 errmsg("%s is too long: %d bytes", opts[i].name, len),
+						 errdetail("At most %d bytes are allowed.", AJ_MAX_KEY_LENGTH),
+						 errhint("Pass a hash of the value, e.g. md5(value).")));
+		}
+	}
 	if (!PG_ARGISNULL(4) && TIMESTAMP_NOT_FINITE(PG_GETARG_TIMESTAMPTZ(4)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -830,7 +877,11 @@ asyncjobs_wait(PG_FUNCTION_ARGS)
 				 errdetail("Such a transaction never sees the job's outcome commit."),
 				 errhint("Call it in a READ COMMITTED transaction.")));
 
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	/* a timeout past the end of the timestamp range waits without end */
+	if (timeout_ms > (END_TIMESTAMP - GetCurrentTimestamp()) / 1000 - 1)
+		deadline = DT_NOEND;
+	else
+		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

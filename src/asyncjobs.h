@@ -66,6 +66,9 @@
 #define AJ_OPTYPE_CLEANUP		14
 #define AJ_OPTYPE_SQL			54
 
+/* longest name, dependency_token, dedupe_key or regarding of a job (bytes) */
+#define AJ_MAX_KEY_LENGTH		1000
+
 /* ---- settings (module.c) ---- */
 extern int	asyncjobs_max_workers;
 extern int	asyncjobs_poll_interval;
@@ -77,6 +80,7 @@ extern char *asyncjobs_retention_succeeded;
 extern char *asyncjobs_retention_failed;
 extern char *asyncjobs_retention_canceled;
 extern char *asyncjobs_retention_trace;
+extern char *asyncjobs_retention_rollups;
 extern int	asyncjobs_trace_level;
 extern int	asyncjobs_max_payload_size;
 

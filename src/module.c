@@ -35,6 +35,7 @@ int			asyncjobs_max_depth = 8;
 char	   *asyncjobs_retention_succeeded = NULL;
 char	   *asyncjobs_retention_failed = NULL;
 char	   *asyncjobs_retention_canceled = NULL;
+char	   *asyncjobs_retention_rollups = NULL;
 char	   *asyncjobs_retention_trace = NULL;
 int			asyncjobs_trace_level = TRACE_LEVEL_EXCEPTION;
 int			asyncjobs_max_payload_size = 1024;
@@ -169,6 +170,9 @@ _PG_init(void)
 	define_retention("asyncjobs.retention_canceled",
 					 "How long Canceled jobs are kept.",
 					 &asyncjobs_retention_canceled, "60 days");
+	define_retention("asyncjobs.retention_rollups",
+					 "How long the monitoring rollups and backlog samples are kept.",
+					 &asyncjobs_retention_rollups, "400 days");
 	define_retention("asyncjobs.retention_trace",
 					 "How long trace log rows are kept.",
 					 &asyncjobs_retention_trace, "1 day");

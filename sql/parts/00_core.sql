@@ -172,7 +172,11 @@ DECLARE
     part    text;
     created int := 0;
 BEGIN
-    IF days_ahead IS NULL OR days_ahead < 0 OR days_ahead > 366 THEN
+    IF days_ahead IS NULL THEN
+        RAISE EXCEPTION 'days_ahead must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF days_ahead < 0 OR days_ahead > 366 THEN
         RAISE EXCEPTION 'days_ahead must be between 0 and 366'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;

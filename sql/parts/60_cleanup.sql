@@ -257,6 +257,22 @@ BEGIN
         END;
     END IF;
 
+    -- the monitoring figures (85_monitoring.sql) outlive the jobs, up to
+    -- asyncjobs.retention_rollups; and when cleanup last ran, for health()
+    IF to_regclass('asyncjobs.job_rollup') IS NOT NULL THEN
+        BEGIN
+            EXECUTE 'DELETE FROM asyncjobs.job_rollup WHERE bucket < $1'
+                USING asyncjobs._cutoff(asyncjobs._retention(NULL, 'rollups'));
+            EXECUTE 'DELETE FROM asyncjobs.backlog_sample WHERE sampled_at < $1'
+                USING asyncjobs._cutoff(asyncjobs._retention(NULL, 'rollups'));
+        EXCEPTION WHEN lock_not_available THEN
+            skipped := skipped + 1;
+        END;
+        EXECUTE 'UPDATE asyncjobs.monitor_state SET last_cleanup = now(),
+                        last_cleanup_result = jsonb_build_object(''purged'', $1::bigint, ''skipped'', $2::int)'
+            USING purged, skipped;
+    END IF;
+
     IF skipped > 0 THEN
         RAISE NOTICE 'asyncjobs.cleanup() skipped % table(s) it could not lock within %', skipped, wait
             USING HINT = 'Their rows stay until the next cleanup.';

@@ -128,7 +128,7 @@ DECLARE
     st     asyncjobs.monitor_state%ROWTYPE;
     minute timestamptz := date_trunc('minute', now());
 BEGIN
-    IF NOT pg_try_advisory_xact_lock(1634364018, 2) THEN
+    IF NOT pg_try_advisory_xact_lock(1634364018, 3) THEN
         RETURN;
     END IF;
     SELECT * INTO st FROM asyncjobs.monitor_state;
