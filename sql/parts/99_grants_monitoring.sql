@@ -1,7 +1,8 @@
 
 /* sql/parts/99_grants_monitoring.sql: monitoring is for every role, over the jobs it may see */
 GRANT SELECT ON asyncjobs.backlog, asyncjobs.stuck_jobs,
-                asyncjobs.job_rollup, asyncjobs.backlog_sample TO PUBLIC;
+                asyncjobs.job_rollup, asyncjobs.backlog_sample,
+                asyncjobs.monitor_state TO PUBLIC;
 -- read-only helpers the views and functions above call as the querying role
 GRANT EXECUTE ON FUNCTION
     asyncjobs.job_stats(interval),
