@@ -73,6 +73,7 @@
 extern int	asyncjobs_max_workers;
 extern int	asyncjobs_poll_interval;
 extern int	asyncjobs_batch_size;
+extern int	asyncjobs_batch_max_age;
 extern bool asyncjobs_enabled;
 extern int	asyncjobs_launcher_naptime;
 extern int	asyncjobs_max_depth;

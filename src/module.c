@@ -29,6 +29,7 @@ PG_MODULE_MAGIC;
 int			asyncjobs_max_workers = 2;
 int			asyncjobs_poll_interval = 1000;
 int			asyncjobs_batch_size = 10;
+int			asyncjobs_batch_max_age = 50;
 bool		asyncjobs_enabled = true;
 int			asyncjobs_launcher_naptime = 10000;
 int			asyncjobs_max_depth = 8;
@@ -127,6 +128,17 @@ _PG_init(void)
 							10, 1, 1000,
 							PGC_SIGHUP,
 							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("asyncjobs.batch_max_age",
+							"Longest time a worker keeps the outcomes of finished jobs before it commits them.",
+							"A worker runs the jobs it claimed in one transaction, each in a "
+							"subtransaction, and commits after asyncjobs.batch_size jobs or "
+							"once the transaction is this old. 0 commits after every job.",
+							&asyncjobs_batch_max_age,
+							50, 0, 10000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("asyncjobs.enabled",

@@ -96,6 +96,7 @@ static int	claim_jobs(AsyncJob **jobs, int limit);
 static int	claim_or_exit(AsyncJob **jobs, int limit);
 static void run_claimed(AsyncJob *job, uint32 batch_seq);
 static void finish_job_run(void);
+static void batch_commit(void);
 
 
 static bool run_maintenance(const char *sql);
@@ -202,6 +203,7 @@ asyncjobs_worker_main(Datum main_arg)
 					asyncjobs_wake_database(MyDatabaseId, 1);
 				for (i = 0; i < n; i++)
 					run_claimed(&jobs[i], batch_seq);
+				batch_commit();
 
 				if ((GetCurrentTimestamp() - batch_start) / n < SHORT_JOB_US)
 					claim_size = Min(claim_size * 2, asyncjobs_batch_size);
@@ -451,28 +453,72 @@ claim_jobs(AsyncJob **jobs, int limit)
 }
 
 /*
- * Runs one claimed job in a transaction of its own that also records its
- * outcome, so that the job's effects and its outcome commit together.
+ * Outcome batching.  The jobs of a claim run one after the other in one
+ * transaction (each in a subtransaction of its own) that also records
+ * their outcomes, so a job's effects and its outcome still commit
+ * together; the transaction is committed after asyncjobs.batch_size jobs,
+ * or once it is asyncjobs.batch_max_age old, and before anything that
+ * needs a transaction of its own (a bulk delete, a cancel or pause to
+ * apply).  Long jobs are claimed one at a time (see SHORT_JOB_US), so a
+ * long job commits alone.  A worker that dies loses the batch it had not
+ * committed: its jobs are still Locked by the dead worker and are
+ * requeued, so each job's effects still exist exactly once.
+ */
+static bool batch_open = false;
+static TimestampTz batch_opened = 0;
+static int	batch_jobs = 0;
+
+/*
+ * Commits the open batch, if any, and does what follows the commit of its
+ * jobs.
+ */
+static void
+batch_commit(void)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+
+	if (!batch_open)
+		return;
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(oldcxt);
+	batch_open = false;
+	debug_query_string = NULL;
+
+	MySlot->jobs_done += batch_jobs;
+	batch_jobs = 0;
+	/* wake the sessions in asyncjobs.wait() */
+	ConditionVariableBroadcast(&AsyncJobs->completion_cv);
+	pgstat_report_stat(false);
+}
+
+/*
+ * Runs one claimed job in the open batch (opening one if needed), in a
+ * subtransaction that also records its outcome.
  *
  * A cancel or pause asked while the worker holds the job wins: if one was
  * signalled since the batch was claimed (batch_seq), the job's state is
  * checked before it starts; and the outcome is only written while the job
  * is still InProgress, so a job canceled or paused while it ran has its
- * transaction aborted (its effects rolled back) and ends Canceled or
+ * subtransaction rolled back (its effects with it) and ends Canceled or
  * Paused instead.
  */
 static void
 run_claimed(AsyncJob *job, uint32 batch_seq)
 {
 	AsyncJobOutcome outcome;
-	MemoryContext oldcxt;
+	MemoryContext oldcxt = CurrentMemoryContext;	/* not a transaction's */
+	ResourceOwner oldowner;
 	bool		recorded;
 
 	CHECK_FOR_INTERRUPTS();
 
 	job->control_seq = pg_atomic_read_u32(&MySlot->control_seq);
-	if (job->control_seq != batch_seq && asyncjobs_apply_control(job, NULL) >= 0)
-		return;
+	if (job->control_seq != batch_seq)
+	{
+		batch_commit();
+		if (asyncjobs_apply_control(job, NULL) >= 0)
+			return;
+	}
 
 	MySlot->job_id = job->id;
 	strlcpy(MySlot->operation, job->operation, NAMEDATALEN);
@@ -481,19 +527,32 @@ run_claimed(AsyncJob *job, uint32 batch_seq)
 	/* a bulk delete commits batch by batch: it runs its own transactions */
 	if (job->operationtype == AJ_OPTYPE_BULK_DELETE)
 	{
+		batch_commit();
 		asyncjobs_run_bulk_delete(job, batch_context);
 		finish_job_run();
+		MySlot->jobs_done++;
+		ConditionVariableBroadcast(&AsyncJobs->completion_cv);
 		return;
 	}
 
 	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	oldcxt = MemoryContextSwitchTo(batch_context);
+	if (!batch_open)
+	{
+		StartTransactionCommand();
+		batch_open = true;
+		batch_opened = GetCurrentTimestamp();
+	}
+	MemoryContextSwitchTo(batch_context);
+	oldowner = CurrentResourceOwner;
 	debug_query_string = job->operation;
 	pgstat_report_activity(STATE_RUNNING, job->operation);
 	asyncjobs_current_job_id = job->id;
 	asyncjobs_loop_detected = false;
 	asyncjobs_trace_reset();
+
+	/* the job and its outcome: rolled back together if it was canceled */
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(batch_context);
 
 	/* returns with cancel interrupts held off: see executor.c */
 	asyncjobs_run_job(job, &outcome);
@@ -503,8 +562,15 @@ run_claimed(AsyncJob *job, uint32 batch_seq)
 	if (recorded)
 	{
 		asyncjobs_reset_session_state();
-		MemoryContextSwitchTo(oldcxt);
-		CommitTransactionCommand();
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(batch_context);
+		CurrentResourceOwner = oldowner;
+		batch_jobs++;
+		finish_job_run();
+		if (batch_jobs >= asyncjobs_batch_size ||
+			TimestampDifferenceExceeds(batch_opened, GetCurrentTimestamp(),
+									   asyncjobs_batch_max_age))
+			batch_commit();
 	}
 	else
 	{
@@ -512,20 +578,25 @@ run_claimed(AsyncJob *job, uint32 batch_seq)
 		char	   *attempt = asyncjobs_attempt_json(job, &outcome, "interrupted");
 
 		attempt = MemoryContextStrdup(batch_context, attempt);
-		MemoryContextSwitchTo(oldcxt);
-		AbortCurrentTransaction();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(batch_context);
+		CurrentResourceOwner = oldowner;
+		batch_commit();
 		(void) asyncjobs_apply_control(job, attempt);
+		finish_job_run();
+		MySlot->jobs_done++;
+		ConditionVariableBroadcast(&AsyncJobs->completion_cv);
 	}
-	debug_query_string = NULL;
+	MemoryContextSwitchTo(oldcxt);
 
 	/* a cancel aimed at this job has nothing left to cancel */
 	QueryCancelPending = false;
 	RESUME_CANCEL_INTERRUPTS();
-	finish_job_run();
 }
 
 /*
- * What follows every job, however it ran.
+ * What follows every job, however it ran.  (Counting it done, and waking
+ * the sessions that wait for jobs, follow the commit: see batch_commit.)
  */
 static void
 finish_job_run(void)
@@ -535,9 +606,6 @@ finish_job_run(void)
 
 	MySlot->job_id = 0;
 	MySlot->operation[0] = '\0';
-	MySlot->jobs_done++;
-	ConditionVariableBroadcast(&AsyncJobs->completion_cv);
-	pgstat_report_stat(false);
 }
 
 /*
