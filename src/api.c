@@ -30,6 +30,7 @@
 #include "pgstat.h"
 #include "storage/proc.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/guc.h"
@@ -50,6 +51,7 @@ PG_FUNCTION_INFO_V1(asyncjobs_live_worker);
 PG_FUNCTION_INFO_V1(asyncjobs_register_operation);
 PG_FUNCTION_INFO_V1(asyncjobs_enqueue);
 PG_FUNCTION_INFO_V1(asyncjobs_enqueue_sql);
+PG_FUNCTION_INFO_V1(asyncjobs_enqueue_many);
 PG_FUNCTION_INFO_V1(asyncjobs_wait);
 PG_FUNCTION_INFO_V1(asyncjobs_current_job);
 PG_FUNCTION_INFO_V1(asyncjobs_workers);
@@ -484,11 +486,17 @@ asyncjobs_check_payload_sql(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+static int	compare_int64(const void *a, const void *b);
+
 /*
- * The work of enqueue() and enqueue_sql().  "data" is never NULL here.
+ * The work of enqueue(), enqueue_sql() and enqueue_many(): queues one job
+ * for each of the n data values (never NULL), with the options of the
+ * call, and stores their ids in ids[] in the same order.  A single job
+ * with a dedupe key may get the id of the active job that holds the key.
  */
-static int64
-enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb *data)
+static void
+enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb **datas,
+				 int n, int64 *ids)
 {
 	Oid			caller = GetUserId();
 	OwnerSwitch sw;
@@ -509,8 +517,17 @@ enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb *data)
 	static SPIPlanPtr parent_plan = NULL;
 	static SPIPlanPtr dedupe_plan = NULL;
 	static SPIPlanPtr recurrence_plan = NULL;
+	static SPIPlanPtr insert_many_plan = NULL;
+	int			i;
 
-	asyncjobs_check_payload(data, "job data");
+	for (i = 0; i < n; i++)
+		asyncjobs_check_payload(datas[i], "job data");
+	if (n > 1 && !PG_ARGISNULL(6))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("dedupe_key cannot be given for several jobs at once"),
+				 errdetail("All the jobs but one would be duplicates of the first."),
+				 errhint("Enqueue jobs with dedupe keys one by one.")));
 	if (!PG_ARGISNULL(7) && PG_GETARG_INT32(7) < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -627,8 +644,9 @@ enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb *data)
 						   text_to_cstring(operation)),
 				 errhint("Ask the function's owner to GRANT EXECUTE on it.")));
 
-	if (optype == AJ_OPTYPE_SQL)
+	for (i = 0; i < n && optype == AJ_OPTYPE_SQL; i++)
 	{
+		Jsonb	   *data = datas[i];
 		JsonbValue	key;
 		JsonbValue *cmd = NULL;
 
@@ -712,7 +730,7 @@ enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb *data)
 	else
 		args[4] = PG_GETARG_DATUM(4);
 	args[5] = Int32GetDatum(max_retries);
-	args[6] = JsonbPGetDatum(data);
+	args[6] = JsonbPGetDatum(datas[0]);
 	args[7] = Int32GetDatum(PG_ARGISNULL(3) ? type_priority : PG_GETARG_INT32(3));
 	if (PG_ARGISNULL(9))
 	{
@@ -735,6 +753,58 @@ enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb *data)
 	nulls[13] = PG_ARGISNULL(6) ? 'n' : ' ';
 	args[14] = PG_ARGISNULL(8) ? (Datum) 0 : PG_GETARG_DATUM(8);
 	nulls[14] = PG_ARGISNULL(8) ? 'n' : ' ';
+
+	if (n > 1)
+	{
+		Datum	   *elems = palloc(sizeof(Datum) * n);
+		uint64		r;
+
+		if (insert_many_plan == NULL)
+		{
+			Oid			t15[15] = {TEXTOID, INT4OID, TEXTOID, OIDOID, TIMESTAMPTZOID,
+				INT4OID, JSONBARRAYOID, INT4OID, TEXTOID, INT4OID, UUIDOID, INT8OID,
+			TEXTOID, TEXTOID, TEXTOID};
+
+			/*
+			 * One statement for all: jobs 2..n of a dependency token wait
+			 * behind the first; ids follow the order of the data.
+			 */
+			insert_many_plan = prepare_kept(
+											"INSERT INTO asyncjobs.job (name, operationtype, messagename, "
+											" statecode, statuscode, ownerid, postponeuntil, runafter, "
+											" maxretries, data, priority, depth, correlationid, "
+											" regardingobjectid, parentid, dependencytoken, dedupekey, "
+											" recurrencepattern, recurrencestarttime) "
+											"SELECT coalesce($1, $3), $2, $3, "
+											" CASE WHEN $5 > pg_catalog.now() OR w.behind OR ($13 IS NOT NULL AND d.ord > 1) THEN 1 ELSE 0 END, "
+											" CASE WHEN $5 > pg_catalog.now() OR w.behind OR ($13 IS NOT NULL AND d.ord > 1) THEN 10 ELSE 0 END, "
+											" $4::pg_catalog.regrole, $5, coalesce($5, pg_catalog.now()), "
+											" $6, d.data, $8, $10, coalesce($11, pg_catalog.gen_random_uuid()), "
+											" $9, $12, $13, $14, $15, "
+											" CASE WHEN $15 IS NOT NULL THEN coalesce($5, pg_catalog.now()) END "
+											"FROM pg_catalog.unnest($7) WITH ORDINALITY AS d(data, ord), "
+											" (SELECT $13 IS NOT NULL AND EXISTS ("
+											"   SELECT 1 FROM asyncjobs.job j WHERE j.dependencytoken = $13) AS behind) w "
+											"ORDER BY d.ord "
+											"RETURNING asyncoperationid",
+											15, t15);
+		}
+		for (i = 0; i < n; i++)
+			elems[i] = JsonbPGetDatum(datas[i]);
+		args[6] = PointerGetDatum(construct_array(elems, n, JSONBOID, -1, false, TYPALIGN_INT));
+		rc = SPI_execute_plan(insert_many_plan, args, nulls, false, 0);
+		if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != (uint64) n)
+			elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+		for (r = 0; r < SPI_processed; r++)
+			ids[r] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+												 SPI_tuptable->tupdesc, 1, &isnull));
+		/* the ids were drawn in the order of the data */
+		qsort(ids, n, sizeof(int64), compare_int64);
+		restore_user(&sw);
+		SPI_finish();
+		asyncjobs_wake_at_commit();
+		return;
+	}
 
 	/*
 	 * With a dedupe key, an active job with the same key makes the insert
@@ -766,7 +836,8 @@ enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb *data)
 				restore_user(&sw);
 				SPI_finish();
 				/* nothing new: no worker to wake */
-				return id;
+				ids[0] = id;
+				return;
 			}
 		}
 	}
@@ -781,7 +852,16 @@ enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb *data)
 	SPI_finish();
 
 	asyncjobs_wake_at_commit();
-	return id;
+	ids[0] = id;
+}
+
+static int
+compare_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
 }
 
 /*----
@@ -792,6 +872,7 @@ Datum
 asyncjobs_enqueue(PG_FUNCTION_ARGS)
 {
 	Jsonb	   *data;
+	int64		id;
 
 	asyncjobs_require_shmem();
 	require_not_null(fcinfo, 0, "operation");
@@ -800,7 +881,65 @@ asyncjobs_enqueue(PG_FUNCTION_ARGS)
 	else
 		data = PG_GETARG_JSONB_P(1);
 
-	PG_RETURN_INT64(enqueue_internal(fcinfo, PG_GETARG_TEXT_PP(0), data));
+	enqueue_internal(fcinfo, PG_GETARG_TEXT_PP(0), &data, 1, &id);
+	PG_RETURN_INT64(id);
+}
+
+/*----
+ * asyncjobs.enqueue_many(operation, data jsonb[], <the options of enqueue>)
+ *		RETURNS SETOF bigint
+ *
+ * One job per element of data, in one statement; returns their ids in the
+ * order of data.
+ */
+Datum
+asyncjobs_enqueue_many(PG_FUNCTION_ARGS)
+{
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *enulls;
+	int			n;
+	int			i;
+	Jsonb	  **datas;
+	int64	   *ids;
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	asyncjobs_require_shmem();
+	require_not_null(fcinfo, 0, "operation");
+	require_not_null(fcinfo, 1, "data");
+	/* a set of bigint: the caller's expected row of one column */
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+
+	arr = PG_GETARG_ARRAYTYPE_P(1);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("data must be a one-dimensional array")));
+	deconstruct_array(arr, JSONBOID, -1, false, TYPALIGN_INT, &elems, &enulls, &n);
+	if (n == 0)
+		return (Datum) 0;
+	datas = palloc(sizeof(Jsonb *) * n);
+	ids = palloc(sizeof(int64) * n);
+	for (i = 0; i < n; i++)
+	{
+		if (enulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("data[%d] must not be NULL", i + 1),
+					 errhint("Use '{}' for a job without data.")));
+		datas[i] = DatumGetJsonbP(elems[i]);
+	}
+
+	enqueue_internal(fcinfo, PG_GETARG_TEXT_PP(0), datas, n, ids);
+
+	for (i = 0; i < n; i++)
+	{
+		Datum		v = Int64GetDatum(ids[i]);
+		bool		isnull = false;
+
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &v, &isnull);
+	}
+	return (Datum) 0;
 }
 
 /*----
@@ -814,6 +953,7 @@ asyncjobs_enqueue_sql(PG_FUNCTION_ARGS)
 {
 	char	   *command;
 	Jsonb	   *data;
+	int64		id;
 	StringInfoData buf;
 	Datum		cmdjson;
 
@@ -841,7 +981,8 @@ asyncjobs_enqueue_sql(PG_FUNCTION_ARGS)
 												  JsonbPGetDatum(given), cmdjson));
 	}
 
-	PG_RETURN_INT64(enqueue_internal(fcinfo, cstring_to_text("sql"), data));
+	enqueue_internal(fcinfo, cstring_to_text("sql"), &data, 1, &id);
+	PG_RETURN_INT64(id);
 }
 
 /*----

@@ -619,6 +619,27 @@ AS 'MODULE_PATHNAME', 'asyncjobs_enqueue';
 COMMENT ON FUNCTION asyncjobs.enqueue(text, jsonb, text, int, timestamptz, text, text, int, text, text) IS
 'queues a job of a registered operation; it runs after the calling transaction commits';
 
+-- One job per element of data, in one statement, with the same options;
+-- returns their ids in the order of data.
+CREATE FUNCTION asyncjobs.enqueue_many(
+    operation text,
+    data jsonb[],
+    name text DEFAULT NULL,
+    priority int DEFAULT NULL,
+    postpone_until timestamptz DEFAULT NULL,
+    dependency_token text DEFAULT NULL,
+    dedupe_key text DEFAULT NULL,
+    max_retries int DEFAULT NULL,
+    recurrence text DEFAULT NULL,
+    regarding text DEFAULT NULL)
+RETURNS SETOF bigint
+LANGUAGE C
+ROWS 100
+AS 'MODULE_PATHNAME', 'asyncjobs_enqueue_many';
+
+COMMENT ON FUNCTION asyncjobs.enqueue_many(text, jsonb[], text, int, timestamptz, text, text, int, text, text) IS
+'queues one job per element of data (the options apply to each); returns their ids in the order of data';
+
 CREATE FUNCTION asyncjobs.enqueue_sql(
     command text,
     data jsonb DEFAULT '{}',

@@ -15,6 +15,7 @@ GRANT EXECUTE ON FUNCTION
     asyncjobs.register_operation(text, regprocedure, int, interval, interval, interval, int, int),
     asyncjobs.enqueue(text, jsonb, text, int, timestamptz, text, text, int, text, text),
     asyncjobs.enqueue_sql(text, jsonb, text, int, timestamptz, text, text, int, text, text),
+    asyncjobs.enqueue_many(text, jsonb[], text, int, timestamptz, text, text, int, text, text),
     asyncjobs.wait(bigint, interval),
     asyncjobs.current_job(),
     asyncjobs._workers()
