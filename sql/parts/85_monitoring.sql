@@ -201,22 +201,14 @@ $$;
 -- backlog: the active jobs per operation, by why they wait
 --------------------------------------------------------------------------
 
--- Whether a job waits behind an older active job of its dependency token.
-CREATE FUNCTION asyncjobs._behind_dependency(token text, job_id bigint)
-RETURNS boolean
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT token IS NOT NULL AND EXISTS (
-        SELECT 1 FROM asyncjobs.job d
-         WHERE d.dependencytoken = token AND d.asyncoperationid < job_id)
-$$;
-
 CREATE VIEW asyncjobs.backlog AS
 WITH a AS (
     SELECT j.messagename, j.statecode, j.statuscode, j.runafter,
            j.statuscode IN (0, 10, 11) AND j.runafter <= now()
-               AND asyncjobs._behind_dependency(j.dependencytoken, j.asyncoperationid) AS behind
+               AND j.dependencytoken IS NOT NULL
+               AND EXISTS (SELECT 1 FROM asyncjobs.job d
+                            WHERE d.dependencytoken = j.dependencytoken
+                              AND d.asyncoperationid < j.asyncoperationid) AS behind
       FROM asyncjobs.job j)
 SELECT o.operation,
        count(*) FILTER (WHERE a.statuscode IN (0, 10, 11) AND a.runafter <= now()
