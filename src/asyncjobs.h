@@ -171,6 +171,8 @@ extern void asyncjobs_quiesce_database(Oid dboid, bool on);
 
 /* ---- monitor.c ---- */
 extern void asyncjobs_monitor_init(void);
+extern void asyncjobs_rollup_buffer(bool on);
+extern void asyncjobs_rollup_flush(void);
 
 /* ---- api.c ---- */
 /* Refuses a job's data or result larger than asyncjobs.max_payload_size */

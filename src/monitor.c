@@ -18,6 +18,15 @@
  * of the true value (it is reported as the geometric middle of its
  * bucket).  Arrays are stored without their trailing empty buckets.
  *
+ * The rollups are written in the transaction that completes the job.  In
+ * a worker's batch (worker.c) the events are added up in memory instead,
+ * each tagged with the subtransaction that made it, so that a job whose
+ * subtransaction rolls back counts nothing, and written once per
+ * operation and owner just before the batch commits: one row update per
+ * batch rather than one per job (updating the same row from many
+ * subtransactions of one transaction also makes every later update walk
+ * the row's versions and their multixacts).
+ *
  * Copyright (c) 2026, the asyncjobs authors
  *
  *-------------------------------------------------------------------------
@@ -26,10 +35,15 @@
 
 #include <math.h>
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/array.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
 
 #include "asyncjobs.h"
 
@@ -41,6 +55,7 @@ PG_FUNCTION_INFO_V1(asyncjobs_hist_add);
 PG_FUNCTION_INFO_V1(asyncjobs_hist_merge);
 PG_FUNCTION_INFO_V1(asyncjobs_hist_quantile);
 PG_FUNCTION_INFO_V1(asyncjobs_hist_count);
+PG_FUNCTION_INFO_V1(asyncjobs_rollup_add);
 
 /* health() thresholds: see asyncjobs_monitor_init */
 static double		asyncjobs_health_failure_rate_warn = 0.05;
@@ -220,6 +235,243 @@ asyncjobs_hist_count(PG_FUNCTION_ARGS)
 	for (i = 0; i < n; i++)
 		total += counts[i];
 	PG_RETURN_INT64(total);
+}
+
+/* ---- rollup events ---- */
+
+typedef struct RollupEvent
+{
+	char		op[NAMEDATALEN];
+	Oid			owner;
+	int16		status;			/* 30, 31, 32, or 0 for a retry */
+	bool		has_timespan;
+	bool		loop;
+	double		timespan;
+	int32		retried;
+	SubTransactionId subid;
+} RollupEvent;
+
+static bool rollup_buffering = false;
+static bool rollup_callbacks = false;
+static RollupEvent *rollup_events = NULL;
+static int	rollup_n = 0;
+static int	rollup_max = 0;
+
+/*
+ * Writes one (operation, owner) sum through asyncjobs._rollup_write.
+ */
+static void
+rollup_write(const char *op, Oid owner, int64 succeeded, int64 failed,
+			 int64 canceled, int64 retries, int64 loops, double dsum,
+			 int64 *hist, bool any_duration)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[9];
+	char		nulls[9];
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (plan == NULL)
+	{
+		Oid			types[9] = {TEXTOID, OIDOID, INT8OID, INT8OID, INT8OID,
+		INT8OID, INT8OID, FLOAT8OID, INT4ARRAYOID};
+
+		plan = SPI_prepare("SELECT asyncjobs._rollup_write($1, $2::pg_catalog.regrole, "
+						   "$3, $4, $5, $6, $7, $8, $9)", 9, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+	}
+	memset(nulls, ' ', sizeof(nulls));
+	args[0] = CStringGetTextDatum(op);
+	args[1] = ObjectIdGetDatum(owner);
+	args[2] = Int64GetDatum(succeeded);
+	args[3] = Int64GetDatum(failed);
+	args[4] = Int64GetDatum(canceled);
+	args[5] = Int64GetDatum(retries);
+	args[6] = Int64GetDatum(loops);
+	args[7] = Float8GetDatum(dsum);
+	if (any_duration)
+		args[8] = PointerGetDatum(hist_build(hist));
+	else
+	{
+		args[8] = (Datum) 0;
+		nulls[8] = 'n';
+	}
+	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "asyncjobs._rollup_write failed");
+	SPI_finish();
+}
+
+static void
+rollup_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
+{
+	int			i,
+				kept;
+
+	if (rollup_n == 0)
+		return;
+	switch (event)
+	{
+		case SUBXACT_EVENT_COMMIT_SUB:
+			/* the parent takes over what the subtransaction counted */
+			for (i = 0; i < rollup_n; i++)
+				if (rollup_events[i].subid == mySubid)
+					rollup_events[i].subid = parentSubid;
+			break;
+		case SUBXACT_EVENT_ABORT_SUB:
+			/* what a rolled-back subtransaction counted never happened */
+			for (i = 0, kept = 0; i < rollup_n; i++)
+				if (rollup_events[i].subid != mySubid)
+					rollup_events[kept++] = rollup_events[i];
+			rollup_n = kept;
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+rollup_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		rollup_n = 0;
+	else if ((event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT) &&
+			 rollup_n > 0)
+	{
+		elog(WARNING, "asyncjobs: %d monitoring events were not written before commit",
+			 rollup_n);
+		rollup_n = 0;
+	}
+}
+
+/*
+ * From now on (in this process), rollup events are added up in memory
+ * until asyncjobs_rollup_flush().
+ */
+void
+asyncjobs_rollup_buffer(bool on)
+{
+	if (on && !rollup_callbacks)
+	{
+		RegisterSubXactCallback(rollup_subxact_callback, NULL);
+		RegisterXactCallback(rollup_xact_callback, NULL);
+		rollup_callbacks = true;
+	}
+	rollup_buffering = on;
+}
+
+/*
+ * Writes the events added up so far, one row update per operation and
+ * owner.  Called in the transaction that made them, before its commit.
+ */
+void
+asyncjobs_rollup_flush(void)
+{
+	int			i,
+				j;
+	bool	   *done;
+
+	if (rollup_n == 0)
+		return;
+	PushActiveSnapshot(GetTransactionSnapshot());
+	done = palloc0(sizeof(bool) * rollup_n);
+	for (i = 0; i < rollup_n; i++)
+	{
+		int64		counts[4] = {0};	/* succeeded, failed, canceled, loops */
+		int64		retries = 0;
+		int64		hist[HIST_BUCKETS] = {0};
+		double		dsum = 0;
+		bool		any_duration = false;
+
+		if (done[i])
+			continue;
+		for (j = i; j < rollup_n; j++)
+		{
+			RollupEvent *e = &rollup_events[j];
+
+			if (done[j] || e->owner != rollup_events[i].owner ||
+				strcmp(e->op, rollup_events[i].op) != 0)
+				continue;
+			done[j] = true;
+			if (e->status >= 30 && e->status <= 32)
+				counts[e->status - 30]++;
+			if (e->loop)
+				counts[3]++;
+			retries += e->retried;
+			if ((e->status == 30 || e->status == 31) && e->has_timespan)
+			{
+				hist[hist_bucket(e->timespan)]++;
+				dsum += e->timespan;
+				any_duration = true;
+			}
+		}
+		rollup_write(rollup_events[i].op, rollup_events[i].owner, counts[0],
+					 counts[1], counts[2], retries, counts[3], dsum, hist,
+					 any_duration);
+	}
+	pfree(done);
+	rollup_n = 0;
+	PopActiveSnapshot();
+}
+
+/*
+ * asyncjobs._rollup_add(op, owner, status, timespan, retried, loop)
+ */
+Datum
+asyncjobs_rollup_add(PG_FUNCTION_ARGS)
+{
+	char	   *op;
+	Oid			owner;
+	int16		status = PG_ARGISNULL(2) ? 0 : PG_GETARG_INT16(2);
+	bool		has_timespan = !PG_ARGISNULL(3);
+	double		timespan = has_timespan ? PG_GETARG_FLOAT8(3) : 0;
+	int32		retried = PG_ARGISNULL(4) ? 0 : PG_GETARG_INT32(4);
+	bool		loop = PG_ARGISNULL(5) ? false : PG_GETARG_BOOL(5);
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("operation and owner must not be NULL")));
+	op = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	owner = PG_GETARG_OID(1);
+
+	if (rollup_buffering && strlen(op) < NAMEDATALEN)
+	{
+		RollupEvent *e;
+
+		if (rollup_n == rollup_max)
+		{
+			int			newmax = Max(64, rollup_max * 2);
+
+			rollup_events = rollup_events == NULL ?
+				MemoryContextAlloc(TopMemoryContext, sizeof(RollupEvent) * newmax) :
+				repalloc(rollup_events, sizeof(RollupEvent) * newmax);
+			rollup_max = newmax;
+		}
+		e = &rollup_events[rollup_n++];
+		strlcpy(e->op, op, NAMEDATALEN);
+		e->owner = owner;
+		e->status = status;
+		e->has_timespan = has_timespan;
+		e->timespan = timespan;
+		e->retried = retried;
+		e->loop = loop;
+		e->subid = GetCurrentSubTransactionId();
+	}
+	else
+	{
+		int64		hist[HIST_BUCKETS] = {0};
+		bool		any_duration = (status == 30 || status == 31) && has_timespan;
+
+		if (any_duration)
+			hist[hist_bucket(timespan)]++;
+		rollup_write(op, owner, status == 30, status == 31, status == 32,
+					 retried, loop, any_duration ? timespan : 0, hist,
+					 any_duration);
+	}
+	PG_RETURN_VOID();
 }
 
 /*

@@ -479,6 +479,9 @@ batch_commit(void)
 
 	if (!batch_open)
 		return;
+	/* the monitoring rollups of the batch's jobs, in its transaction */
+	asyncjobs_rollup_flush();
+	asyncjobs_rollup_buffer(false);
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(oldcxt);
 	batch_open = false;
@@ -541,6 +544,7 @@ run_claimed(AsyncJob *job, uint32 batch_seq)
 		StartTransactionCommand();
 		batch_open = true;
 		batch_opened = GetCurrentTimestamp();
+		asyncjobs_rollup_buffer(true);
 	}
 	MemoryContextSwitchTo(batch_context);
 	oldowner = CurrentResourceOwner;

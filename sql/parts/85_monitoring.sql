@@ -57,12 +57,13 @@ CREATE TABLE asyncjobs.job_rollup (
 COMMENT ON TABLE asyncjobs.job_rollup IS
 'jobs completed and retried per minute (hour after a day), operation and owner, with a duration histogram';
 
--- Counts one event of a job: its completion (status 30, 31, 32, with its
--- run time) or a retry.
-CREATE FUNCTION asyncjobs._rollup_add(op text, owner regrole, status smallint,
-                                      timespan double precision,
-                                      retried int DEFAULT 0,
-                                      loop boolean DEFAULT false)
+-- Adds counts to the rollup row of this minute, operation and owner (the
+-- shard of this backend).
+CREATE FUNCTION asyncjobs._rollup_write(op text, owner regrole,
+                                        n_succeeded bigint, n_failed bigint,
+                                        n_canceled bigint, n_retries bigint,
+                                        n_loops bigint, dsum double precision,
+                                        hist int4[])
 RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
@@ -72,12 +73,7 @@ AS $$
          retries, loops, duration_sum, duration_hist)
     VALUES (date_trunc('minute', now()), op, owner,
             (pg_backend_pid() % 8)::smallint,
-            (status IS NOT DISTINCT FROM 30)::int, (status IS NOT DISTINCT FROM 31)::int,
-            (status IS NOT DISTINCT FROM 32)::int,
-            coalesce(retried, 0), coalesce(loop, false)::int,
-            CASE WHEN status IN (30, 31) THEN coalesce(timespan, 0) ELSE 0 END,
-            CASE WHEN status IN (30, 31) AND timespan IS NOT NULL
-                 THEN asyncjobs._hist_add(NULL, timespan) END)
+            n_succeeded, n_failed, n_canceled, n_retries, n_loops, dsum, hist)
     ON CONFLICT (bucket, operation, ownerid, shard) DO UPDATE
        SET succeeded = r.succeeded + excluded.succeeded,
            failed = r.failed + excluded.failed,
@@ -88,6 +84,19 @@ AS $$
            duration_hist = CASE WHEN excluded.duration_hist IS NULL THEN r.duration_hist
                                 ELSE asyncjobs._hist_merge(r.duration_hist, excluded.duration_hist) END
 $$;
+
+-- Counts one event of a job: its completion (status 30, 31, 32, with its
+-- run time) or a retry.  In a session it writes the rollup at once; in a
+-- worker's batch it is added up in memory, per subtransaction (a job whose
+-- subtransaction rolls back counts nothing), and written once per
+-- operation and owner just before the batch commits (src/monitor.c).
+CREATE FUNCTION asyncjobs._rollup_add(op text, owner regrole, status smallint,
+                                      timespan double precision,
+                                      retried int DEFAULT 0,
+                                      loop boolean DEFAULT false)
+RETURNS void
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'asyncjobs_rollup_add';
 
 -- Backlog samples, one per minute per operation and owner (kept hourly
 -- after two days), for the trend of backlog depth.

@@ -184,5 +184,17 @@ ok( $node->safe_psql(
 	) eq 't',
 	'the jobs of the lost batch were run again (counted as retries)');
 
+# The monitoring rollups of a batch are written in its transaction: the
+# lost batch counted nothing, its jobs' second runs counted once.
+is( $node->safe_psql(
+		'postgres',
+		"SELECT s.succeeded || ' ' || s.retries || ' ' || "
+		  . "(SELECT sum(retrycount) FROM asyncjobs.asyncoperation WHERE messagename = 'effect') "
+		  . "FROM asyncjobs.job_stats('1 hour') s WHERE s.operation = 'effect'"),
+	(200 + 200 + 300) . ' '
+	  . $node->safe_psql('postgres',
+		"SELECT sum(retrycount) || ' ' || sum(retrycount) FROM asyncjobs.asyncoperation WHERE messagename = 'effect'"),
+	'job_stats counts every job once, and each retry');
+
 $node->stop;
 done_testing();
