@@ -173,6 +173,9 @@ extern void asyncjobs_quiesce_database(Oid dboid, bool on);
 extern void asyncjobs_monitor_init(void);
 extern void asyncjobs_rollup_buffer(bool on);
 extern void asyncjobs_rollup_flush(void);
+extern void asyncjobs_rollup_event(const char *op, Oid owner, int16 status,
+								   bool has_timespan, double timespan,
+								   int32 retried, bool loop);
 
 /* ---- api.c ---- */
 /* Refuses a job's data or result larger than asyncjobs.max_payload_size */

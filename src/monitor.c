@@ -436,7 +436,19 @@ asyncjobs_rollup_add(PG_FUNCTION_ARGS)
 				 errmsg("operation and owner must not be NULL")));
 	op = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	owner = PG_GETARG_OID(1);
+	asyncjobs_rollup_event(op, owner, status, has_timespan, timespan, retried, loop);
+	PG_RETURN_VOID();
+}
 
+/*
+ * Counts one event: added up in memory in a worker's batch, written at
+ * once elsewhere.
+ */
+void
+asyncjobs_rollup_event(const char *op, Oid owner, int16 status,
+					   bool has_timespan, double timespan, int32 retried,
+					   bool loop)
+{
 	if (rollup_buffering && strlen(op) < NAMEDATALEN)
 	{
 		RollupEvent *e;
@@ -471,7 +483,6 @@ asyncjobs_rollup_add(PG_FUNCTION_ARGS)
 					 retried, loop, any_duration ? timespan : 0, hist,
 					 any_duration);
 	}
-	PG_RETURN_VOID();
 }
 
 /*

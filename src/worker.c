@@ -79,6 +79,7 @@ static MemoryContext batch_context = NULL;
 
 static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr finish_plan = NULL;
+static SPIPlanPtr finish_direct_plan = NULL;
 static SPIPlanPtr retry_plan = NULL;
 
 static void worker_detach(int code, Datum arg);
@@ -705,6 +706,37 @@ asyncjobs_record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 
 		finish_plan = asyncjobs_prepare_kept("SELECT asyncjobs._finish($1, $2, $3, $4, $5, $6, $7, $8, $9)",
 								   9, ftypes);
+
+		/*
+		 * The same as asyncjobs._finish() for a job that does not recur, as
+		 * one statement without the PL/pgSQL call: it is most of a short
+		 * job's cost.  Returns the row's operation and owner for the
+		 * rollups; no row when the job recurs (then _finish() queues the
+		 * next occurrence) or is no longer InProgress.
+		 */
+		finish_direct_plan = asyncjobs_prepare_kept(
+			"WITH d AS (DELETE FROM asyncjobs.job "
+			"            WHERE asyncoperationid = $1 AND statuscode = 20 "
+			"              AND recurrencepattern IS NULL RETURNING *) "
+			"INSERT INTO asyncjobs.job_history "
+			" (asyncoperationid, name, operationtype, messagename, statecode, "
+			"  statuscode, ownerid, createdon, modifiedon, startedon, completedon, "
+			"  postponeuntil, executiontimespan, retrycount, maxretries, errorcode, "
+			"  message, friendlymessage, data, result, priority, depth, "
+			"  correlationid, correlationupdatedtime, dependencytoken, dedupekey, "
+			"  recurrencepattern, recurrencestarttime, regardingobjectid, hostid, "
+			"  parentid, attempts) "
+			"SELECT d.asyncoperationid, d.name, d.operationtype, d.messagename, 3, "
+			"  $2, d.ownerid, d.createdon, pg_catalog.clock_timestamp(), "
+			"  coalesce($4, d.startedon), pg_catalog.clock_timestamp(), "
+			"  d.postponeuntil, coalesce($5, d.executiontimespan), "
+			"  d.retrycount, d.maxretries, $6, $7, $8, d.data, $3, d.priority, d.depth, "
+			"  d.correlationid, d.correlationupdatedtime, d.dependencytoken, "
+			"  d.dedupekey, d.recurrencepattern, d.recurrencestarttime, "
+			"  d.regardingobjectid, d.hostid, d.parentid, "
+			"  CASE WHEN $9 IS NULL THEN d.attempts ELSE d.attempts OPERATOR(pg_catalog.||) $9 END "
+			"FROM d RETURNING messagename, ownerid::pg_catalog.oid, executiontimespan",
+			9, ftypes);
 		retry_plan = asyncjobs_prepare_kept("SELECT asyncjobs._retry_later($1, $2, $3, $4, $5, $6, $7, $8)",
 								  8, rtypes);
 	}
@@ -752,6 +784,27 @@ asyncjobs_record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 		args[8] = DirectFunctionCall1(jsonb_in,
 									  CStringGetDatum(asyncjobs_attempt_json(job, outcome,
 																   outcome->succeeded ? "succeeded" : "failed")));
+		rc = SPI_execute_plan(finish_direct_plan, args, nulls, false, 0);
+		if (rc != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "asyncjobs could not record the outcome of job %lld: %s",
+				 (long long) job->id, SPI_result_code_string(rc));
+		if (SPI_processed == 1)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[0];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		tsnull;
+			double		ts = DatumGetFloat8(SPI_getbinval(tup, desc, 3, &tsnull));
+
+			asyncjobs_rollup_event(SPI_getvalue(tup, desc, 1),
+								   DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull)),
+								   outcome->succeeded ? AJ_STATUS_SUCCEEDED : AJ_STATUS_FAILED,
+								   !tsnull, ts, 0,
+								   sqlstate != NULL && strcmp(sqlstate, "AJ002") == 0);
+			PopActiveSnapshot();
+			SPI_finish();
+			goto applied_outcome;
+		}
+		/* a recurring job, or one no longer InProgress */
 		rc = SPI_execute_plan(finish_plan, args, nulls, false, 0);
 	}
 	if (rc != SPI_OK_SELECT)
@@ -766,6 +819,7 @@ asyncjobs_record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 	if (!applied)
 		return false;
 
+applied_outcome:
 	if (!outcome->succeeded)
 		ereport(retry ? LOG : WARNING,
 				(errmsg("asyncjobs job %lld (%s) failed: %s",
