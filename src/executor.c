@@ -425,13 +425,24 @@ asyncjobs_error_report(ErrorData *edata)
  */
 static char *job_search_path = NULL;
 
+/*
+ * Likewise enable_seqscan: the worker's statements look jobs up by key in
+ * a table that is often empty when they are planned (a drained queue just
+ * vacuumed), and a plan cached then would scan the whole table once it
+ * has filled up.  Off for the worker, the session's own value for jobs.
+ */
+static char *job_enable_seqscan = NULL;
+
 void
 asyncjobs_pin_search_path(void)
 {
 	job_search_path = MemoryContextStrdup(TopMemoryContext,
 										  GetConfigOption("search_path", false, false));
+	job_enable_seqscan = MemoryContextStrdup(TopMemoryContext,
+											 GetConfigOption("enable_seqscan", false, false));
 	SetConfigOption("search_path", "pg_catalog, pg_temp",
 					PGC_SUSET, PGC_S_SESSION);
+	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_SESSION);
 }
 
 /*
@@ -445,6 +456,10 @@ asyncjobs_enter_job_search_path(void)
 
 	if (job_search_path != NULL)
 		(void) set_config_option("search_path", job_search_path,
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	if (job_enable_seqscan != NULL)
+		(void) set_config_option("enable_seqscan", job_enable_seqscan,
 								 PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
 	return nestlevel;

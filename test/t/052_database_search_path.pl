@@ -83,6 +83,9 @@ my $ids = $node->psql_as('owner_x', 'trapdb', q{
 	  SELECT asyncjobs.enqueue_sql('SELECT asyncjobs.trace(''hello''); '
 	                               || 'INSERT INTO public.trap_log (who, what) VALUES (current_user, current_setting(''search_path''))') AS id
 	  UNION ALL
+	  SELECT asyncjobs.enqueue_sql('INSERT INTO public.trap_log (who, what) '
+	                               || 'VALUES (current_user, ''enable_seqscan='' || current_setting(''enable_seqscan''))')
+	  UNION ALL
 	  SELECT asyncjobs.enqueue_sql('SELECT 1') FROM generate_series(1, 20)
 	  UNION ALL
 	  SELECT asyncjobs.bulk_delete('public.old_rows', $$created < '2021-01-01'$$, batch_size => 50)
@@ -122,6 +125,11 @@ is( $node->safe_psql(
 		"SELECT who || ': ' || what FROM public.trap_log WHERE what LIKE 'trap,%'"),
 	'owner_x: trap, pg_catalog, public',
 	"a job runs with the database's search_path");
+
+is( $node->safe_psql(
+		'trapdb', "SELECT what FROM public.trap_log WHERE what LIKE 'enable_seqscan=%'"),
+	'enable_seqscan=on',
+	'a job plans with the session\'s enable_seqscan (the worker keeps it off for its own statements)');
 
 # The traps work: this test's own queries, as the superuser in trapdb,
 # call them.  But no trap ran in a worker as anyone but the owner.
