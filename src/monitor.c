@@ -56,6 +56,8 @@ PG_FUNCTION_INFO_V1(asyncjobs_hist_merge);
 PG_FUNCTION_INFO_V1(asyncjobs_hist_quantile);
 PG_FUNCTION_INFO_V1(asyncjobs_hist_count);
 PG_FUNCTION_INFO_V1(asyncjobs_rollup_add);
+PG_FUNCTION_INFO_V1(asyncjobs_hist_accum);
+PG_FUNCTION_INFO_V1(asyncjobs_hist_final);
 
 /* health() thresholds: see asyncjobs_monitor_init */
 static double		asyncjobs_health_failure_rate_warn = 0.05;
@@ -181,6 +183,39 @@ asyncjobs_hist_merge(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(1))
 		hist_read(PG_GETARG_ARRAYTYPE_P(1), counts);
 	PG_RETURN_ARRAYTYPE_P(hist_build(counts));
+}
+
+/*
+ * The aggregate asyncjobs.hist_merge(int4[]): the running sum is kept in
+ * memory (an int64 per bucket) and made into an array once, at the end.
+ */
+Datum
+asyncjobs_hist_accum(PG_FUNCTION_ARGS)
+{
+	MemoryContext aggcxt;
+	int64	   *state;
+
+	if (!AggCheckCallContext(fcinfo, &aggcxt))
+		elog(ERROR, "asyncjobs._hist_accum called in non-aggregate context");
+	state = PG_ARGISNULL(0) ? NULL : (int64 *) PG_GETARG_POINTER(0);
+	if (PG_ARGISNULL(1))
+	{
+		if (state == NULL)
+			PG_RETURN_NULL();
+		PG_RETURN_POINTER(state);
+	}
+	if (state == NULL)
+		state = MemoryContextAllocZero(aggcxt, sizeof(int64) * HIST_BUCKETS);
+	hist_read(PG_GETARG_ARRAYTYPE_P(1), state);
+	PG_RETURN_POINTER(state);
+}
+
+Datum
+asyncjobs_hist_final(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	PG_RETURN_ARRAYTYPE_P(hist_build((int64 *) PG_GETARG_POINTER(0)));
 }
 
 /*

@@ -21,12 +21,19 @@ CREATE FUNCTION asyncjobs._hist_count(hist int4[])
 RETURNS bigint LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
 AS 'MODULE_PATHNAME', 'asyncjobs_hist_count';
 
--- The sum of duration histograms.
+CREATE FUNCTION asyncjobs._hist_accum(state internal, hist int4[])
+RETURNS internal LANGUAGE C CALLED ON NULL INPUT
+AS 'MODULE_PATHNAME', 'asyncjobs_hist_accum';
+
+CREATE FUNCTION asyncjobs._hist_final(state internal)
+RETURNS int4[] LANGUAGE C
+AS 'MODULE_PATHNAME', 'asyncjobs_hist_final';
+
+-- The sum of duration histograms (the running sum kept in memory).
 CREATE AGGREGATE asyncjobs.hist_merge(int4[]) (
-    SFUNC = asyncjobs._hist_merge,
-    STYPE = int4[],
-    COMBINEFUNC = asyncjobs._hist_merge,
-    PARALLEL = SAFE
+    SFUNC = asyncjobs._hist_accum,
+    STYPE = internal,
+    FINALFUNC = asyncjobs._hist_final
 );
 
 --------------------------------------------------------------------------
@@ -53,6 +60,9 @@ CREATE TABLE asyncjobs.job_rollup (
     duration_hist   int4[],
     PRIMARY KEY (bucket, operation, ownerid, shard)
 ) WITH (fillfactor = 50);
+
+-- job_stats() and stuck_jobs read one operation's recent rows
+CREATE INDEX job_rollup_operation_idx ON asyncjobs.job_rollup (operation, bucket);
 
 COMMENT ON TABLE asyncjobs.job_rollup IS
 'jobs completed and retried per minute (hour after a day), operation and owner, with a duration histogram';
@@ -295,18 +305,17 @@ COMMENT ON FUNCTION asyncjobs.job_stats(interval) IS
 -- stuck_jobs
 --------------------------------------------------------------------------
 
--- p99 of an operation's run time over the last day (NULL without data).
-CREATE FUNCTION asyncjobs._recent_p99(op text)
-RETURNS double precision
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT asyncjobs._hist_quantile(asyncjobs.hist_merge(r.duration_hist), 0.99)
-      FROM asyncjobs.job_rollup r
-     WHERE r.operation = op AND r.bucket >= now() - interval '1 day'
-$$;
-
 CREATE VIEW asyncjobs.stuck_jobs AS
+WITH locked AS (
+    SELECT j.* FROM asyncjobs.job j WHERE j.statecode = 2),
+-- the p99 of each operation that has jobs in progress, once per operation
+p AS (
+    SELECT r.operation,
+           asyncjobs._hist_quantile(asyncjobs.hist_merge(r.duration_hist), 0.99) AS p99
+      FROM asyncjobs.job_rollup r
+     WHERE r.bucket >= now() - interval '1 day'
+       AND r.operation IN (SELECT l.messagename FROM locked l)
+     GROUP BY r.operation)
 SELECT s.asyncoperationid, s.operation, s.ownerid, s.startedon, s.running_for,
        s.reason, s.hostid
   FROM (SELECT j.asyncoperationid, j.messagename AS operation, j.ownerid,
@@ -319,12 +328,12 @@ SELECT s.asyncoperationid, s.operation, s.ownerid, s.startedon, s.running_for,
                  WHEN j.leasetoken IS NULL AND j.startedon < now() - t.timeout
                    THEN 'past timeout'
                  WHEN now() - j.startedon > greatest(interval '10 seconds',
-                        make_interval(secs => 5 * asyncjobs._recent_p99(j.messagename)))
+                        make_interval(secs => 5 * p.p99))
                    THEN 'beyond p99'
                END AS reason
-          FROM asyncjobs.job j
+          FROM locked j
           LEFT JOIN asyncjobs.operation_type t ON t.name = j.messagename
-         WHERE j.statecode = 2) s
+          LEFT JOIN p ON p.operation = j.messagename) s
  WHERE s.reason IS NOT NULL;
 
 COMMENT ON VIEW asyncjobs.stuck_jobs IS

@@ -14,7 +14,6 @@ GRANT EXECUTE ON FUNCTION
     asyncjobs._hist_merge(int4[], int4[]),
     asyncjobs._hist_quantile(int4[], float8),
     asyncjobs._hist_count(int4[]),
-    asyncjobs._recent_p99(text),
     asyncjobs._live_worker(bigint),
     asyncjobs._cleanup_schedule(),
     asyncjobs._database_workers(),
