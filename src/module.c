@@ -28,7 +28,7 @@ PG_MODULE_MAGIC;
 /*---- GUC variables ----*/
 int			asyncjobs_max_workers = 2;
 int			asyncjobs_poll_interval = 1000;
-int			asyncjobs_batch_size = 10;
+int			asyncjobs_batch_size = 100;
 int			asyncjobs_batch_max_age = 50;
 bool		asyncjobs_enabled = true;
 int			asyncjobs_launcher_naptime = 10000;
@@ -122,10 +122,12 @@ _PG_init(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("asyncjobs.batch_size",
-							"Jobs a worker claims at once.",
-							NULL,
+							"Most jobs a worker claims at once, and most jobs whose outcomes it commits together.",
+							"Within this bound a worker claims about asyncjobs.batch_max_age of work "
+							"at the jobs' recent average run time, and one job at a time while jobs "
+							"run longer than 20 ms.",
 							&asyncjobs_batch_size,
-							10, 1, 1000,
+							100, 1, 1000,
 							PGC_SIGHUP,
 							0,
 							NULL, NULL, NULL);

@@ -54,11 +54,14 @@
 #include "asyncjobs.h"
 
 /*
- * A worker claims up to asyncjobs.batch_size jobs at once only while jobs
- * are short: a claimed job waits for the ones before it in the batch, and
- * long jobs are better spread over the pool.  The claim size doubles after
- * a batch whose jobs took less than this on average, and drops to one
- * after a slower batch.
+ * A worker claims several jobs at once only while jobs are short: a
+ * claimed job waits for the ones before it in the claim, and long jobs are
+ * better spread over the pool.  After a claim whose jobs took less than
+ * SHORT_JOB_US on average, the next claim is sized to hold about
+ * asyncjobs.batch_max_age of work at that average (no more than twice the
+ * last claim, and at most asyncjobs.batch_size); after a slower claim, it
+ * is one job.  So tiny jobs are claimed and committed by the hundred, and
+ * a worker never holds much more than a batch age of others' work.
  */
 #define SHORT_JOB_US			(20 * 1000)
 
@@ -206,10 +209,21 @@ asyncjobs_worker_main(Datum main_arg)
 					run_claimed(&jobs[i], batch_seq);
 				batch_commit();
 
-				if ((GetCurrentTimestamp() - batch_start) / n < SHORT_JOB_US)
-					claim_size = Min(claim_size * 2, asyncjobs_batch_size);
-				else
-					claim_size = 1;
+				{
+					int64		avg_us = (GetCurrentTimestamp() - batch_start) / n;
+
+					if (avg_us < SHORT_JOB_US)
+					{
+						int64		target_us = Max((int64) asyncjobs_batch_max_age * 1000,
+													SHORT_JOB_US);
+						int64		fits = target_us / Max(avg_us, 1);
+
+						claim_size = (int) Max(1, Min(Min(fits, (int64) claim_size * 2),
+													  (int64) asyncjobs_batch_size));
+					}
+					else
+						claim_size = 1;
+				}
 			}
 		}
 
