@@ -142,6 +142,8 @@ CREATE FUNCTION asyncjobs._monitor_tick()
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- run by the workers: not worth loading the JIT compiler into each
+SET jit = off
 AS $$
 DECLARE
     st     asyncjobs.monitor_state%ROWTYPE;
@@ -184,6 +186,8 @@ CREATE FUNCTION asyncjobs._compact_rollups(before timestamptz)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- run by the workers: not worth loading the JIT compiler into each
+SET jit = off
 AS $$
 DECLARE
     n bigint;
