@@ -666,9 +666,11 @@ AS 'MODULE_PATHNAME', 'asyncjobs_wait';
 COMMENT ON FUNCTION asyncjobs.wait(bigint, interval) IS
 'waits until the job completes or the timeout passes; returns its statuscode';
 
+-- STABLE, so that "WHERE asyncoperationid = asyncjobs.current_job()" is an
+-- index lookup; PARALLEL RESTRICTED: the id lives in this backend only.
 CREATE FUNCTION asyncjobs.current_job()
 RETURNS bigint
-LANGUAGE C
+LANGUAGE C STABLE PARALLEL RESTRICTED
 AS 'MODULE_PATHNAME', 'asyncjobs_current_job';
 
 COMMENT ON FUNCTION asyncjobs.current_job() IS
