@@ -2,19 +2,17 @@
  *
  * worker.c
  *	  The per-database asyncjobs worker: claims batches of due jobs with
- *	  FOR UPDATE SKIP LOCKED, runs each in its own transaction together
- *	  with its outcome, and requeues the jobs of workers that died.
+ *	  FOR UPDATE SKIP LOCKED, runs them in a transaction that also writes
+ *	  their outcomes, and requeues the jobs of workers that died.
  *
  * Loop:
- *	  claim up to asyncjobs.batch_size jobs (fewer while jobs run long)
- *	  and mark them InProgress (one commit); run each job in a transaction
- *	  of its own that also writes its outcome (executor.c), then look for
- *	  more.  When a claim finds
- *	  nothing the worker sleeps until an enqueue wakes it (shmem.c) or
- *	  asyncjobs.poll_interval passes.
- *
- * The batch of jobs run per transaction is one for now; run_claimed() is
- * the place where several short jobs can share a commit.
+ *	  claim up to asyncjobs.batch_size jobs (about asyncjobs.batch_max_age
+ *	  of work; one at a time while jobs run long) and mark them InProgress
+ *	  (one commit); run them one after the other, each in a subtransaction
+ *	  with its outcome (executor.c, run_claimed()), committing after
+ *	  batch_size jobs or batch_max_age; then look for more.  When a claim
+ *	  finds nothing the worker sleeps until an enqueue wakes it (shmem.c)
+ *	  or asyncjobs.poll_interval passes.
  *
  * A job stays Locked with its worker's id while it waits and runs.  If the
  * worker dies, the job keeps that id, which no live slot holds any more:
