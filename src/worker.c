@@ -488,15 +488,16 @@ static int	batch_jobs = 0;
 static void
 batch_commit(void)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
+	MemoryContext oldcxt;
 
 	if (!batch_open)
 		return;
+	/* what the flush and the commit allocate goes with the claim's memory */
+	oldcxt = MemoryContextSwitchTo(batch_context);
 	/* the monitoring rollups of the batch's jobs, in its transaction */
 	asyncjobs_rollup_flush();
 	asyncjobs_rollup_buffer(false);
 	CommitTransactionCommand();
-	MemoryContextSwitchTo(oldcxt);
 	batch_open = false;
 	debug_query_string = NULL;
 
@@ -505,6 +506,7 @@ batch_commit(void)
 	/* wake the sessions in asyncjobs.wait() */
 	ConditionVariableBroadcast(&AsyncJobs->completion_cv);
 	pgstat_report_stat(false);
+	MemoryContextSwitchTo(oldcxt);
 }
 
 /*
