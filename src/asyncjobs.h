@@ -238,8 +238,8 @@ extern struct _SPI_plan *asyncjobs_prepare_kept(const char *sql, int nargs,
 extern void asyncjobs_run_bulk_delete(AsyncJob *job, MemoryContext cxt);
 extern char *asyncjobs_error_report(ErrorData *edata);
 extern void asyncjobs_reset_session_state(void);
-extern void asyncjobs_pin_search_path(void);
-extern int	asyncjobs_enter_job_search_path(void);
+extern void asyncjobs_pin_worker_settings(void);
+extern int	asyncjobs_enter_job_settings(void);
 
 /* ---- trace.c ---- */
 extern void asyncjobs_trace_reset(void);

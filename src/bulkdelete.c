@@ -210,7 +210,7 @@ run_batch(AsyncJob *job, BulkDelete *bd, BatchResult *res, AsyncJobOutcome *outc
 
 		SetUserIdAndSecContext(job->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
 		/* the condition is the owner's: it sees the owner's search_path */
-		save_nestlevel = asyncjobs_enter_job_search_path();
+		save_nestlevel = asyncjobs_enter_job_settings();
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 

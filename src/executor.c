@@ -84,7 +84,7 @@ asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome)
 	call_context = NULL;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	save_nestlevel = asyncjobs_enter_job_search_path();
+	save_nestlevel = asyncjobs_enter_job_settings();
 
 	outcome->started = GetCurrentTimestamp();
 	if (job->timeout_ms > 0)
@@ -434,7 +434,7 @@ static char *job_search_path = NULL;
 static char *job_enable_seqscan = NULL;
 
 void
-asyncjobs_pin_search_path(void)
+asyncjobs_pin_worker_settings(void)
 {
 	job_search_path = MemoryContextStrdup(TopMemoryContext,
 										  GetConfigOption("search_path", false, false));
@@ -447,10 +447,11 @@ asyncjobs_pin_search_path(void)
 
 /*
  * Gives the code of a job, from here until AtEOXact_GUC(.., nestlevel),
- * the search_path of jobs.  Returns the GUC nest level to pop.
+ * the search_path and enable_seqscan of jobs.  Returns the GUC nest level
+ * to pop.
  */
 int
-asyncjobs_enter_job_search_path(void)
+asyncjobs_enter_job_settings(void)
 {
 	int			nestlevel = NewGUCNestLevel();
 

@@ -149,7 +149,7 @@ asyncjobs_worker_main(Datum main_arg)
 		proc_exit(0);
 	}
 
-	asyncjobs_pin_search_path();
+	asyncjobs_pin_worker_settings();
 
 	batch_context = AllocSetContextCreate(TopMemoryContext,
 										  "asyncjobs worker batch",
@@ -722,9 +722,9 @@ asyncjobs_record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 								   9, ftypes);
 
 		/*
-		 * The same as asyncjobs._finish() for a job that does not recur, as
-		 * one statement without the PL/pgSQL call: it is most of a short
-		 * job's cost.  Returns the row's operation and owner for the
+		 * The same as asyncjobs._finish() (keep the two alike) for a job
+		 * that does not recur, as one statement without the PL/pgSQL
+		 * call: it is most of a short job's cost.  Returns the row's operation and owner for the
 		 * rollups; no row when the job recurs (then _finish() queues the
 		 * next occurrence) or is no longer InProgress.
 		 */

@@ -380,6 +380,8 @@ AS $$
 DECLARE
     done asyncjobs.job_history%ROWTYPE;
 BEGIN
+    -- The workers run this same statement, prepared, for jobs that do not
+    -- recur (finish_direct_plan in src/worker.c): keep the two alike.
     WITH d AS (
         DELETE FROM asyncjobs.job
          WHERE asyncoperationid = job_id
