@@ -40,6 +40,7 @@
 #include "storage/lock.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
@@ -97,6 +98,8 @@ static bool extension_check_needed = false;
 static int	claim_jobs(AsyncJob **jobs, int limit);
 static int	claim_or_exit(AsyncJob **jobs, int limit);
 static void run_claimed(AsyncJob *job, uint32 batch_seq);
+static bool record_or_defer(AsyncJob *job, AsyncJobOutcome *outcome);
+static bool flush_deferred(void);
 static void finish_job_run(void);
 static void batch_commit(void);
 
@@ -482,6 +485,50 @@ static TimestampTz batch_opened = 0;
 static int	batch_jobs = 0;
 
 /*
+ * The jobs whose effects are in the open batch, in the order they ran: if
+ * the batch has to be run again (see batch_commit), these are the jobs.
+ */
+static AsyncJob **batch_members = NULL;
+static int	batch_nmembers = 0;
+static int	batch_maxmembers = 0;
+
+/*
+ * Deferred outcomes.  A job that succeeded (the common case) does not
+ * write its outcome in its subtransaction: the outcomes of the batch's
+ * successful jobs are written by one set-based statement just before the
+ * batch commits (flush_deferred), which costs one executor start-up per
+ * batch instead of one per job.  A job's effects and its outcome still
+ * commit together, in the batch's transaction.
+ *
+ * What the per-job statement checked at once -- that the job is still
+ * InProgress, so that a cancel or pause that came meanwhile wins -- is
+ * checked by the set-based statement for the whole batch.  If a job of the
+ * batch was canceled or paused after it ran but before the batch's commit
+ * (a narrow window, as a cancel signalled while a job runs makes that job
+ * record its outcome at once), its effects cannot be taken out of the
+ * batch alone: the batch is rolled back and its jobs are run again, one
+ * outcome statement per job (batch_redo).
+ */
+typedef struct DeferredOutcome
+{
+	AsyncJob   *job;
+	char	   *result;			/* jsonb text or NULL */
+	char	   *attempt;		/* the attempt's jsonb text */
+	TimestampTz started;
+	TimestampTz ended;
+	double		timespan;
+} DeferredOutcome;
+
+static DeferredOutcome *deferred = NULL;
+static int	ndeferred = 0;
+static int	maxdeferred = 0;
+
+/* while a batch is run again: every outcome is written at once */
+static bool batch_redo = false;
+
+static SPIPlanPtr flush_plan = NULL;
+
+/*
  * Commits the open batch, if any, and does what follows the commit of its
  * jobs.
  */
@@ -494,11 +541,54 @@ batch_commit(void)
 		return;
 	/* what the flush and the commit allocate goes with the claim's memory */
 	oldcxt = MemoryContextSwitchTo(batch_context);
+
+	if (ndeferred > 0 && !flush_deferred())
+	{
+		AsyncJob  **redo;
+		int			nredo = batch_nmembers;
+		int			i;
+
+		/*
+		 * A job of the batch was canceled or paused after it ran: roll the
+		 * whole batch back and run its jobs again, each one writing its
+		 * outcome at once (the canceled or paused one then ends as asked).
+		 */
+		ereport(LOG,
+				(errmsg("asyncjobs worker runs a batch of %d jobs again", nredo),
+				 errdetail("A job of the batch was canceled or paused after it ran, before the batch committed.")));
+		redo = palloc(sizeof(AsyncJob *) * nredo);
+		memcpy(redo, batch_members, sizeof(AsyncJob *) * nredo);
+		AbortCurrentTransaction();
+		batch_open = false;
+		batch_jobs = 0;
+		batch_nmembers = 0;
+		ndeferred = 0;
+		debug_query_string = NULL;
+
+		/* a batch_seq that differs: each job's state is checked first */
+		batch_redo = true;
+		PG_TRY();
+		{
+			for (i = 0; i < nredo; i++)
+				run_claimed(redo[i],
+							pg_atomic_read_u32(&MySlot->control_seq) - 1);
+			batch_commit();
+		}
+		PG_FINALLY();
+		{
+			batch_redo = false;
+		}
+		PG_END_TRY();
+		MemoryContextSwitchTo(oldcxt);
+		return;
+	}
+
 	/* the monitoring rollups of the batch's jobs, in its transaction */
 	asyncjobs_rollup_flush();
 	asyncjobs_rollup_buffer(false);
 	CommitTransactionCommand();
 	batch_open = false;
+	batch_nmembers = 0;
 	debug_query_string = NULL;
 
 	MySlot->jobs_done += batch_jobs;
@@ -507,6 +597,148 @@ batch_commit(void)
 	ConditionVariableBroadcast(&AsyncJobs->completion_cv);
 	pgstat_report_stat(false);
 	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * Writes the deferred outcomes of the open batch with one statement, in the
+ * batch's transaction.  Returns false if a job among them was no longer
+ * InProgress (canceled or paused after it ran): then the batch must not
+ * commit.
+ */
+static bool
+flush_deferred(void)
+{
+	Datum	   *ids = palloc(sizeof(Datum) * ndeferred);
+	Datum	   *results = palloc(sizeof(Datum) * ndeferred);
+	bool	   *result_nulls = palloc(sizeof(bool) * ndeferred);
+	Datum	   *starts = palloc(sizeof(Datum) * ndeferred);
+	Datum	   *ends = palloc(sizeof(Datum) * ndeferred);
+	Datum	   *spans = palloc(sizeof(Datum) * ndeferred);
+	Datum	   *attempts = palloc(sizeof(Datum) * ndeferred);
+	bool	   *written = palloc0(sizeof(bool) * ndeferred);
+	int			dims[1] = {ndeferred};
+	int			lbs[1] = {1};
+	Datum		args[6];
+	int			rc;
+	int			i;
+	bool		ok = true;
+
+	for (i = 0; i < ndeferred; i++)
+	{
+		DeferredOutcome *d = &deferred[i];
+
+		ids[i] = Int64GetDatum(d->job->id);
+		result_nulls[i] = (d->result == NULL);
+		results[i] = d->result ? CStringGetTextDatum(d->result) : (Datum) 0;
+		starts[i] = TimestampTzGetDatum(d->started);
+		ends[i] = TimestampTzGetDatum(d->ended);
+		spans[i] = Float8GetDatum(d->timespan);
+		attempts[i] = CStringGetTextDatum(d->attempt);
+	}
+	args[0] = PointerGetDatum(construct_array(ids, ndeferred, INT8OID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[1] = PointerGetDatum(construct_md_array(results, result_nulls, 1, dims, lbs,
+												 TEXTOID, -1, false, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_array(starts, ndeferred, TIMESTAMPTZOID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[3] = PointerGetDatum(construct_array(ends, ndeferred, TIMESTAMPTZOID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[4] = PointerGetDatum(construct_array(spans, ndeferred, FLOAT8OID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[5] = PointerGetDatum(construct_array(attempts, ndeferred, TEXTOID, -1,
+											  false, TYPALIGN_INT));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	debug_query_string = "asyncjobs outcomes";
+
+	if (flush_plan == NULL)
+	{
+		Oid			types[6] = {INT8ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
+		TIMESTAMPTZARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID};
+
+		/*
+		 * finish_direct_plan for many jobs that succeeded (keep the two
+		 * alike): the rows found by primary key; each takes its outcome
+		 * from the arrays at its id's position.
+		 */
+		flush_plan = asyncjobs_prepare_kept(
+			"WITH d AS (DELETE FROM asyncjobs.job j "
+			"       WHERE j.asyncoperationid OPERATOR(pg_catalog.=) ANY ($1) "
+			"         AND j.statuscode OPERATOR(pg_catalog.=) 20 "
+			"         AND j.recurrencepattern IS NULL "
+			"      RETURNING j.*, pg_catalog.array_position($1, j.asyncoperationid) AS i) "
+			"INSERT INTO asyncjobs.job_history "
+			" (asyncoperationid, name, operationtype, messagename, statecode, "
+			"  statuscode, ownerid, createdon, modifiedon, startedon, completedon, "
+			"  postponeuntil, executiontimespan, retrycount, maxretries, errorcode, "
+			"  message, friendlymessage, data, result, priority, depth, "
+			"  correlationid, correlationupdatedtime, dependencytoken, dedupekey, "
+			"  recurrencepattern, recurrencestarttime, regardingobjectid, hostid, "
+			"  parentid, attempts) "
+			"SELECT d.asyncoperationid, d.name, d.operationtype, d.messagename, 3, "
+			"  30, d.ownerid, d.createdon, pg_catalog.clock_timestamp(), "
+			"  $3[d.i], $4[d.i], d.postponeuntil, $5[d.i], "
+			"  d.retrycount, d.maxretries, NULL, NULL, NULL, d.data, "
+			"  $2[d.i]::pg_catalog.jsonb, d.priority, d.depth, "
+			"  d.correlationid, d.correlationupdatedtime, d.dependencytoken, "
+			"  d.dedupekey, d.recurrencepattern, d.recurrencestarttime, "
+			"  d.regardingobjectid, d.hostid, d.parentid, "
+			"  d.attempts OPERATOR(pg_catalog.||) $6[d.i]::pg_catalog.jsonb "
+			"FROM d RETURNING asyncoperationid, messagename, ownerid::pg_catalog.oid, "
+			"  executiontimespan",
+			6, types);
+	}
+
+	rc = SPI_execute_plan(flush_plan, args, NULL, false, 0);
+	if (rc != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "asyncjobs could not record the outcomes of a batch: %s",
+			 SPI_result_code_string(rc));
+
+	/* the rollups of the jobs written; which jobs they were */
+	for (i = 0; i < (int) SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		Oid			owner = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
+		double		ts = DatumGetFloat8(SPI_getbinval(tup, desc, 4, &isnull));
+		int			j;
+
+		for (j = 0; j < ndeferred; j++)
+			if (deferred[j].job->id == id)
+			{
+				written[j] = true;
+				asyncjobs_rollup_event(deferred[j].job->operation, owner,
+									   AJ_STATUS_SUCCEEDED, !isnull, ts, 0, false);
+				break;
+			}
+	}
+	PopActiveSnapshot();
+	SPI_finish();
+
+	/*
+	 * The others recur (asyncjobs._finish queues their next occurrence),
+	 * or are no longer InProgress.
+	 */
+	for (i = 0; i < ndeferred && ok; i++)
+	{
+		AsyncJobOutcome outcome;
+
+		if (written[i])
+			continue;
+		memset(&outcome, 0, sizeof(outcome));
+		outcome.succeeded = true;
+		outcome.result = deferred[i].result;
+		outcome.started = deferred[i].started;
+		outcome.ended = deferred[i].ended;
+		ok = asyncjobs_record_outcome(deferred[i].job, &outcome);
+	}
+	ndeferred = 0;
+	debug_query_string = NULL;
+	return ok;
 }
 
 /*
@@ -577,9 +809,17 @@ run_claimed(AsyncJob *job, uint32 batch_seq)
 	asyncjobs_run_job(job, &outcome);
 	asyncjobs_current_job_id = 0;
 
-	recorded = asyncjobs_record_outcome(job, &outcome);
+	recorded = record_or_defer(job, &outcome);
 	if (recorded)
 	{
+		if (batch_nmembers == batch_maxmembers)
+		{
+			batch_maxmembers = Max(64, batch_maxmembers * 2);
+			batch_members = batch_members == NULL ?
+				MemoryContextAlloc(TopMemoryContext, sizeof(AsyncJob *) * batch_maxmembers) :
+				repalloc(batch_members, sizeof(AsyncJob *) * batch_maxmembers);
+		}
+		batch_members[batch_nmembers++] = job;
 		asyncjobs_reset_session_state();
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(batch_context);
@@ -611,6 +851,40 @@ run_claimed(AsyncJob *job, uint32 batch_seq)
 	/* a cancel aimed at this job has nothing left to cancel */
 	QueryCancelPending = false;
 	RESUME_CANCEL_INTERRUPTS();
+}
+
+/*
+ * Writes the outcome of a job that ran in the open batch, or defers it to
+ * the batch's set-based statement (see DeferredOutcome): a job that
+ * succeeded, with no trace to write, and no cancel or pause signalled to
+ * this worker while it ran.  Returns false when the job is no longer
+ * InProgress (see asyncjobs_record_outcome).
+ */
+static bool
+record_or_defer(AsyncJob *job, AsyncJobOutcome *outcome)
+{
+	DeferredOutcome *d;
+
+	if (batch_redo || !outcome->succeeded ||
+		asyncjobs_trace_level == TRACE_LEVEL_ALL ||
+		pg_atomic_read_u32(&MySlot->control_seq) != job->control_seq)
+		return asyncjobs_record_outcome(job, outcome);
+
+	if (ndeferred == maxdeferred)
+	{
+		maxdeferred = Max(64, maxdeferred * 2);
+		deferred = deferred == NULL ?
+			MemoryContextAlloc(TopMemoryContext, sizeof(DeferredOutcome) * maxdeferred) :
+			repalloc(deferred, sizeof(DeferredOutcome) * maxdeferred);
+	}
+	d = &deferred[ndeferred++];
+	d->job = job;
+	d->result = outcome->result;
+	d->attempt = asyncjobs_attempt_json(job, outcome, "succeeded");
+	d->started = outcome->started;
+	d->ended = outcome->ended;
+	d->timespan = (double) (outcome->ended - outcome->started) / USECS_PER_SEC;
+	return true;
 }
 
 /*

@@ -9,7 +9,9 @@
 #  - nothing of one job reaches the next one in the same batch: settings
 #    (SET and SET LOCAL), temporary tables, session advisory locks, role;
 #  - a worker killed in the middle of a batch loses nothing and duplicates
-#    nothing: every job's effect exists exactly once afterwards.
+#    nothing: every job's effect exists exactly once afterwards;
+#  - a job canceled after it ran, but before its batch committed, ends
+#    Canceled without its effect (the batch is run again).
 
 use strict;
 use warnings;
@@ -195,6 +197,48 @@ is( $node->safe_psql(
 	  . $node->safe_psql('postgres',
 		"SELECT sum(retrycount) || ' ' || sum(retrycount) FROM asyncjobs.asyncoperation WHERE messagename = 'effect'"),
 	'job_stats counts every job once, and each retry');
+
+# --- a job canceled after it ran, before its batch committed ---------------
+# The outcomes of a batch's successful jobs are written together just
+# before its commit.  A job canceled in between (here: while the next job
+# of its batch sleeps) cannot be taken out of the batch alone: the batch is
+# rolled back and run again, and the canceled job ends Canceled, without
+# its effect.
+$node->safe_psql('postgres', q{
+	TRUNCATE effects;
+	DELETE FROM asyncjobs.job_history WHERE messagename = 'effect';
+});
+# short jobs first, so that the next claim takes two jobs at once
+$node->safe_psql('postgres',
+	q{SELECT count(asyncjobs.enqueue('effect', jsonb_build_object('n', g, 'sleep', 0))) FROM generate_series(1, 20) g});
+ok($node->wait_for_jobs('postgres', "messagename = 'effect'", 60), 'short jobs ran');
+pause_pool();
+my ($first, $second) = split /\n/, $node->safe_psql('postgres', q{
+	BEGIN;
+	SELECT asyncjobs.enqueue('effect', '{"n": 1001, "sleep": 0}');
+	SELECT asyncjobs.enqueue('effect', '{"n": 1002, "sleep": 3}');
+	COMMIT;
+});
+resume_pool();
+ok( $node->poll_until(
+		'postgres',
+		"SELECT count(*) FROM asyncjobs.workers WHERE asyncoperationid = $second",
+		'1', 30),
+	'the second job of the batch runs');
+is( $node->safe_psql('postgres',
+		"SELECT statuscode FROM asyncjobs.asyncoperation WHERE asyncoperationid = $first"),
+	'20', 'the first one ran, and waits for the batch to commit');
+$node->safe_psql('postgres', "SELECT asyncjobs.cancel($first)");
+ok($node->wait_for_jobs('postgres', "messagename = 'effect'", 60), 'the batch ended');
+is( $node->safe_psql(
+		'postgres',
+		"SELECT string_agg(asyncoperationid || ':' || statuscode, ' ' ORDER BY asyncoperationid) "
+		  . "FROM asyncjobs.asyncoperation WHERE asyncoperationid IN ($first, $second)"),
+	"$first:32 $second:30",
+	'the canceled job ended Canceled, the other one Succeeded');
+is( $node->safe_psql('postgres', 'SELECT string_agg(n::text, \',\' ORDER BY n) FROM effects WHERE n > 1000'),
+	'1002', 'only the job that succeeded left its effect, once');
+ok($node->log_contains('runs a batch of 2 jobs again'), 'the worker ran the batch again');
 
 $node->stop;
 done_testing();
