@@ -75,9 +75,12 @@ CREATE FUNCTION asyncjobs._rollup_write(op text, owner regrole,
                                         n_loops bigint, dsum double precision,
                                         hist int4[])
 RETURNS void
-LANGUAGE sql
+-- PL/pgSQL, not SQL: a SQL function with a SET clause is parsed and
+-- planned at every call, and the workers call this once per batch
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
     INSERT INTO asyncjobs.job_rollup AS r
         (bucket, operation, ownerid, shard, succeeded, failed, canceled,
          retries, loops, duration_sum, duration_hist)
@@ -92,7 +95,8 @@ AS $$
            loops = r.loops + excluded.loops,
            duration_sum = r.duration_sum + excluded.duration_sum,
            duration_hist = CASE WHEN excluded.duration_hist IS NULL THEN r.duration_hist
-                                ELSE asyncjobs._hist_merge(r.duration_hist, excluded.duration_hist) END
+                                ELSE asyncjobs._hist_merge(r.duration_hist, excluded.duration_hist) END;
+END
 $$;
 
 -- Counts one event of a job: its completion (status 30, 31, 32, with its
