@@ -128,6 +128,8 @@ typedef struct AsyncJobsSlot
 	int64		jobs_done;
 	pg_atomic_uint32 control_seq;	/* bumped by cancel / pause of its jobs */
 	bool		interruptible;	/* a job's handler runs: SIGINT may hit it */
+	bool		requeue_pending;	/* a worker of its database died: requeue
+									 * its jobs at once (launcher.c) */
 } AsyncJobsSlot;
 
 #define AJ_MAX_PENDING_DBS		16

@@ -360,6 +360,7 @@ static void
 launcher_reap(DatabaseEntry *entry, TimestampTz now)
 {
 	int			i = 0;
+	bool		died = false;
 
 	while (i < entry->n_workers)
 	{
@@ -401,6 +402,7 @@ launcher_reap(DatabaseEntry *entry, TimestampTz now)
 			case EXIT_SURPLUS:
 				break;
 			case EXIT_UNKNOWN:
+				died = true;
 				if (!w->terminating)
 				{
 					if (now - entry->deaths_since > 10 * USECS_PER_SEC)
@@ -422,6 +424,26 @@ launcher_reap(DatabaseEntry *entry, TimestampTz now)
 		pfree(w->handle);
 		slot_free(w->slot);
 		entry->workers[i] = entry->workers[--entry->n_workers];
+	}
+
+	/*
+	 * The jobs a dead worker held wait for a worker to requeue them: its
+	 * replacement does as it starts, but the replacement may be held back
+	 * (see above) or find no free slot, and the live workers look for
+	 * orphans only every few seconds.  Have them look now.
+	 */
+	if (died && entry->n_workers > 0)
+	{
+		LWLockAcquire(AsyncJobs->lock, LW_SHARED);
+		for (i = 0; i < entry->n_workers; i++)
+		{
+			AsyncJobsSlot *slot = &AsyncJobs->slots[entry->workers[i].slot];
+
+			slot->requeue_pending = true;
+			if (slot->latch)
+				SetLatch(slot->latch);
+		}
+		LWLockRelease(AsyncJobs->lock);
 	}
 }
 

@@ -139,6 +139,7 @@ asyncjobs_worker_main(Datum main_arg)
 	}
 	MySlot->pid = MyProcPid;
 	MySlot->latch = MyLatch;
+	MySlot->requeue_pending = false;	/* done below, as we start */
 	MySlot->started = GetCurrentTimestamp();
 	LWLockRelease(AsyncJobs->lock);
 	before_shmem_exit(worker_detach, (Datum) 0);
@@ -182,6 +183,14 @@ asyncjobs_worker_main(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		/* a worker of this database died: requeue its jobs (launcher.c) */
+		if (MySlot->requeue_pending)
+		{
+			MySlot->requeue_pending = false;
+			pg_memory_barrier();
+			(void) run_maintenance(REQUEUE_SQL);
 		}
 
 		if (asyncjobs_enabled)

@@ -6,7 +6,8 @@
 # job is requeued with retrycount + 1, runs again and succeeds, and its
 # effect is there exactly once.  Then the same for a worker that is
 # terminated (FATAL exit, no crash restart): the launcher replaces it and
-# the job is requeued at once.
+# the job is requeued at once; and when the launcher holds replacements
+# back, the live worker requeues it at once.
 
 use strict;
 use warnings;
@@ -133,6 +134,50 @@ is($node->safe_psql('postgres',
 		'SELECT pid FROM pg_stat_activity WHERE backend_type = \'asyncjobs launcher\''),
 	$launcher_pid, 'no crash restart happened (same launcher)');
 ok($node->wait_for_workers('postgres', 2, 10), 'the pool is full again');
+
+# When workers keep dying (more than 5 unexpected exits within 10 s), the
+# launcher holds their replacement back for 5 s.  The job of a worker that
+# dies then is requeued by the live worker at once (the launcher tells it),
+# not by the replacement 5 s later, nor at the live worker's next periodic
+# check.
+for my $k (1 .. 5)
+{
+	my $victim = $node->safe_psql('postgres',
+		'SELECT min(pid) FROM asyncjobs.workers');
+	$node->safe_psql('postgres', "SELECT pg_terminate_backend($victim)");
+	$node->poll_until('postgres',
+		"SELECT count(*) FROM asyncjobs.workers WHERE pid <> $victim", '2', 10)
+	  or BAIL_OUT("worker $victim was not replaced");
+}
+my $job3 = $node->safe_psql(
+	'postgres', q{
+	SELECT asyncjobs.enqueue_sql($$
+		INSERT INTO effects VALUES ('held back', clock_timestamp());
+		SELECT pg_sleep(CASE WHEN a.retrycount = 0 THEN 60 ELSE 0 END)
+		  FROM asyncjobs.asyncoperation a
+		 WHERE a.asyncoperationid = asyncjobs.current_job();
+	$$)});
+ok( $node->poll_until(
+		'postgres',
+		"SELECT count(*) FROM asyncjobs.workers WHERE asyncoperationid = $job3",
+		'1', 10),
+	'the third job runs');
+my $pid3 = $node->safe_psql('postgres',
+	"SELECT pid FROM asyncjobs.workers WHERE asyncoperationid = $job3");
+my $survivor = $node->safe_psql('postgres',
+	"SELECT pid FROM asyncjobs.workers WHERE pid <> $pid3");
+my $offset = -s $node->logfile;
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($pid3)");
+# generous, yet well before the held-back replacement starts (5 s)
+is($node->wait_for_job('postgres', $job3, 4), 30,
+	'the job of the sixth worker to die ran again before its replacement started');
+ok($node->log_contains(qr/keep exiting; next start in 5 seconds/, $offset),
+	'the launcher held the replacement back');
+$j = $node->job('postgres', $job3);
+like($j->{hostid}, qr/^$survivor\@/, 'the live worker requeued and ran it');
+is($node->safe_psql('postgres', "SELECT count(*) FROM effects WHERE k = 'held back'"),
+	'1', 'its effect is there exactly once');
+ok($node->wait_for_workers('postgres', 2, 20), 'the pool is full again after the hold');
 
 $node->stop;
 done_testing();
