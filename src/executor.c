@@ -430,8 +430,14 @@ static char *job_search_path = NULL;
  * a table that is often empty when they are planned (a drained queue just
  * vacuumed), and a plan cached then would scan the whole table once it
  * has filled up.  Off for the worker, the session's own value for jobs.
+ * And enable_bitmapscan: after an ANALYZE that saw a backlog, the claim
+ * was planned as a bitmap scan of every due job plus a sort, instead of
+ * the claim index read in order up to the LIMIT; it read the whole
+ * backlog at every claim, and never marked the index entries of finished
+ * jobs dead (found by bench/xmin).
  */
 static char *job_enable_seqscan = NULL;
+static char *job_enable_bitmapscan = NULL;
 
 void
 asyncjobs_pin_worker_settings(void)
@@ -442,13 +448,16 @@ asyncjobs_pin_worker_settings(void)
 											 GetConfigOption("enable_seqscan", false, false));
 	SetConfigOption("search_path", "pg_catalog, pg_temp",
 					PGC_SUSET, PGC_S_SESSION);
+	job_enable_bitmapscan = MemoryContextStrdup(TopMemoryContext,
+												GetConfigOption("enable_bitmapscan", false, false));
 	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_SESSION);
+	SetConfigOption("enable_bitmapscan", "off", PGC_SUSET, PGC_S_SESSION);
 }
 
 /*
  * Gives the code of a job, from here until AtEOXact_GUC(.., nestlevel),
- * the search_path and enable_seqscan of jobs.  Returns the GUC nest level
- * to pop.
+ * the search_path, enable_seqscan and enable_bitmapscan of jobs.  Returns
+ * the GUC nest level to pop.
  */
 int
 asyncjobs_enter_job_settings(void)
@@ -461,6 +470,10 @@ asyncjobs_enter_job_settings(void)
 								 GUC_ACTION_SAVE, true, 0, false);
 	if (job_enable_seqscan != NULL)
 		(void) set_config_option("enable_seqscan", job_enable_seqscan,
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	if (job_enable_bitmapscan != NULL)
+		(void) set_config_option("enable_bitmapscan", job_enable_bitmapscan,
 								 PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
 	return nestlevel;

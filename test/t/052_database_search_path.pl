@@ -84,7 +84,8 @@ my $ids = $node->psql_as('owner_x', 'trapdb', q{
 	                               || 'INSERT INTO public.trap_log (who, what) VALUES (current_user, current_setting(''search_path''))') AS id
 	  UNION ALL
 	  SELECT asyncjobs.enqueue_sql('INSERT INTO public.trap_log (who, what) '
-	                               || 'VALUES (current_user, ''enable_seqscan='' || current_setting(''enable_seqscan''))')
+	                               || 'VALUES (current_user, ''enable_seqscan='' || current_setting(''enable_seqscan'') '
+	                               || '|| '' enable_bitmapscan='' || current_setting(''enable_bitmapscan''))')
 	  UNION ALL
 	  SELECT asyncjobs.enqueue_sql('SELECT 1') FROM generate_series(1, 20)
 	  UNION ALL
@@ -128,8 +129,8 @@ is( $node->safe_psql(
 
 is( $node->safe_psql(
 		'trapdb', "SELECT what FROM public.trap_log WHERE what LIKE 'enable_seqscan=%'"),
-	'enable_seqscan=on',
-	'a job plans with the session\'s enable_seqscan (the worker keeps it off for its own statements)');
+	'enable_seqscan=on enable_bitmapscan=on',
+	'a job plans with the session\'s enable_seqscan and enable_bitmapscan (the worker keeps them off for its own statements)');
 
 # The traps work: this test's own queries, as the superuser in trapdb,
 # call them.  But no trap ran in a worker as anyone but the owner.
