@@ -167,5 +167,51 @@ SELECT c.parentid = :j14 AS parent_ok, c.depth, c.correlationid = p.correlationi
   FROM asyncjobs.asyncoperation c, asyncjobs.asyncoperation p
  WHERE c.asyncoperationid = :child AND p.asyncoperationid = :j14;
 
+-- enqueue keeps the operation types it looked up: a change is seen by the
+-- next enqueue, in the same transaction or statement too, and one rolled
+-- back is forgotten (an operation without handler: no worker runs its jobs)
+SELECT asyncjobs.register_operation('kept', priority => 1, max_retries => 1);
+SELECT asyncjobs.enqueue('kept', name => 'k1') > 0 AS k1;
+SELECT asyncjobs.register_operation('kept', priority => 2, max_retries => 2);
+SELECT asyncjobs.enqueue('kept', name => 'k2') > 0 AS k2;
+UPDATE asyncjobs.operation_type SET priority = 3 WHERE name = 'kept';
+SELECT asyncjobs.enqueue('kept', name => 'k3') > 0 AS k3;
+BEGIN;
+SELECT asyncjobs.register_operation('kept', priority => 4);
+SELECT asyncjobs.enqueue('kept', name => 'k4') > 0 AS k4;
+SAVEPOINT s;
+SELECT asyncjobs.register_operation('kept', priority => 5);
+SELECT asyncjobs.enqueue('kept', name => 'k5') > 0 AS k5;
+ROLLBACK TO s;
+SELECT asyncjobs.enqueue('kept', name => 'k6') > 0 AS k6;
+ROLLBACK;
+SELECT asyncjobs.enqueue('kept', name => 'k7') > 0 AS k7;
+SELECT asyncjobs.register_operation('kept', priority => 8),
+       asyncjobs.enqueue('kept', name => 'k8') > 0 AS k8;
+SELECT name, priority, maxretries FROM asyncjobs.job WHERE messagename = 'kept' ORDER BY name;
+-- no job in a read-only transaction, with the executor's error
+BEGIN READ ONLY;
+SELECT asyncjobs.enqueue('kept');
+ROLLBACK;
+-- a trigger on the job table still fires for each job
+CREATE FUNCTION job_inserted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE NOTICE 'trigger saw job %', NEW.name;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER job_inserted AFTER INSERT ON asyncjobs.job
+    FOR EACH ROW EXECUTE FUNCTION job_inserted();
+SELECT asyncjobs.enqueue('kept', name => 'k9') > 0 AS k9;
+SELECT count(*) FROM asyncjobs.enqueue_many('kept', ARRAY['{}', '{}']::jsonb[], name => 'k10');
+DROP TRIGGER job_inserted ON asyncjobs.job;
+DROP FUNCTION job_inserted();
+SELECT asyncjobs.enqueue('kept', name => 'k11') > 0 AS k11;
+-- a deleted operation is gone for enqueue at once
+DELETE FROM asyncjobs.job WHERE messagename = 'kept';
+DELETE FROM asyncjobs.operation_type WHERE name = 'kept';
+SELECT asyncjobs.enqueue('kept');
+
 DROP OWNED BY regress_aj_user;
 DROP ROLE regress_aj_user;

@@ -84,6 +84,24 @@ INSERT INTO orders SELECT g, g * 10 FROM generate_series(1, 50) g;
 SELECT count(*) AS queued FROM asyncjobs.enqueue_many('many_ext',
          (SELECT array_agg(jsonb_build_object('order', id, 'total', total) ORDER BY id) FROM orders));
 
+-- more jobs than one batch of the heap insert (64 rows): every one, ids in
+-- the order of the data, each found through the indexes
+CREATE TEMP TABLE big AS
+SELECT row_number() OVER () AS pos, id
+  FROM asyncjobs.enqueue_many('many_ext',
+         (SELECT array_agg(jsonb_build_object('n', g) ORDER BY g) FROM generate_series(1, 150) g)) AS id;
+SELECT count(*) AS jobs, count(DISTINCT j.correlationid) AS correlations,
+       bool_and(j.data->>'n' = i.pos::text) AS each_its_data
+  FROM big i JOIN asyncjobs.job j ON j.asyncoperationid = i.id;
+SELECT bool_and(step > 0) AS ascending
+  FROM (SELECT id - lag(id) OVER (ORDER BY pos) AS step FROM big) s;
+SET enable_seqscan = off;
+SELECT count(*) AS by_claim_index FROM asyncjobs.job
+ WHERE messagename = 'many_ext' AND statuscode IN (0, 10, 11) AND priority = 3
+   AND asyncoperationid >= (SELECT min(id) FROM big);
+SELECT count(*) AS by_key FROM asyncjobs.job WHERE asyncoperationid IN (SELECT id FROM big);
+RESET enable_seqscan;
+
 SELECT asyncjobs.cancel(asyncoperationid) IS NOT NULL AS canceled, count(*)
   FROM asyncjobs.job WHERE messagename = 'many_ext' GROUP BY 1;
 DELETE FROM asyncjobs.operation_type WHERE name = 'many_ext';

@@ -141,7 +141,6 @@ typedef struct AsyncJobsShared
 	pid_t		launcher_pid;
 	Latch	   *launcher_latch;
 	int64		next_worker_id;
-	uint32		wake_cursor;	/* round robin for wake-ups */
 
 	/* databases that just created the extension, for the launcher */
 	int			n_pending;
@@ -165,6 +164,7 @@ extern void asyncjobs_shmem_request(void);
 extern void asyncjobs_shmem_startup(void);
 extern void asyncjobs_require_shmem(void);
 extern void asyncjobs_wake_at_commit(void);
+extern void asyncjobs_wake_worker_at_commit(void);
 extern void asyncjobs_wake_database(Oid dboid, int count);
 extern void asyncjobs_notify_launcher(Oid dboid);
 extern void asyncjobs_notify_launcher_at_commit(void);

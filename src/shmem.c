@@ -8,7 +8,8 @@
  * its slots, with two exceptions: a worker updates the "live" fields of its
  * own slot (state, job_id, operation, since, jobs_done) without the lock,
  * since readers only display them or use them as a hint, and the latches
- * are set without the lock.
+ * are set without the lock; the wake-ups read slots without it (see
+ * asyncjobs_wake_database).
  *
  * The launcher allocates a slot before it registers a worker (state
  * STARTING), the worker fills in its pid and latch, and marks the slot
@@ -37,7 +38,8 @@ AsyncJobsShared *AsyncJobs = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-static bool wake_pending = false;
+static bool wake_pending = false;		/* wake a worker at commit */
+static bool waiters_pending = false;	/* wake asyncjobs.wait() at commit */
 static bool notify_launcher_pending = false;
 static bool xact_callback_registered = false;
 
@@ -120,6 +122,20 @@ asyncjobs_require_shmem(void)
 void
 asyncjobs_wake_at_commit(void)
 {
+	asyncjobs_wake_worker_at_commit();
+	waiters_pending = true;
+}
+
+/*
+ * Asks only for an idle worker of this database to be woken when the
+ * current transaction commits: what enqueue needs.  A new job completes no
+ * job, so the sessions in asyncjobs.wait() may sleep on; broadcasting to
+ * them took the condition variable's spinlock, which every session shares,
+ * at the commit of every enqueue.
+ */
+void
+asyncjobs_wake_worker_at_commit(void)
+{
 	if (!xact_callback_registered)
 	{
 		RegisterXactCallback(asyncjobs_xact_callback, NULL);
@@ -155,6 +171,10 @@ asyncjobs_xact_callback(XactEvent event, void *arg)
 			{
 				wake_pending = false;
 				asyncjobs_wake_database(MyDatabaseId, 1);
+			}
+			if (waiters_pending)
+			{
+				waiters_pending = false;
 				/* the change may have completed a job someone waits for */
 				ConditionVariableBroadcast(&AsyncJobs->completion_cv);
 			}
@@ -169,6 +189,7 @@ asyncjobs_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PREPARE:
 			/* a prepared transaction's jobs are found by the poll */
 			wake_pending = false;
+			waiters_pending = false;
 			notify_launcher_pending = false;
 			break;
 		default:
@@ -179,11 +200,23 @@ asyncjobs_xact_callback(XactEvent event, void *arg)
 /*
  * Sets the latch of up to "count" workers of a database that wait for work
  * (idle ones first, then ones about to look).  Starts at a different slot
- * for each caller, so that wake-ups spread over the pool.
+ * for each call and each process, so that wake-ups spread over the pool.
+ *
+ * Every commit that enqueued runs this, so it takes no lock and writes no
+ * shared memory (it took the shared lock and bumped a shared round-robin
+ * counter, two cache lines every enqueuer and worker wrote: 0.6 us of a
+ * 55 us one-job transaction, measured with perf).  No lock is needed: a
+ * worker writes its slot's state without one, and a slot read while the
+ * launcher gives it to another worker yields at worst a latch set for
+ * nothing, which every latch user tolerates.  The barrier pairs with the
+ * one a worker makes after marking itself CLAIMING and before its claim
+ * takes a snapshot: either the claim sees what the caller committed, or
+ * this sees the worker claiming and wakes it to look again.
  */
 void
 asyncjobs_wake_database(Oid dboid, int count)
 {
+	static uint32 cursor = 0;
 	int			n;
 	int			start;
 	int			pass;
@@ -192,9 +225,11 @@ asyncjobs_wake_database(Oid dboid, int count)
 		return;
 
 	n = AsyncJobs->n_slots;
-	start = (int) (AsyncJobs->wake_cursor++ % (uint32) Max(n, 1));
+	if (n <= 0)
+		return;
+	start = (int) (((uint32) MyProcPid + cursor++) % (uint32) n);
 
-	LWLockAcquire(AsyncJobs->lock, LW_SHARED);
+	pg_memory_barrier();
 	for (pass = 0; pass < 2 && count > 0; pass++)
 	{
 		AsyncJobsSlotState wanted = (pass == 0) ? SLOT_IDLE : SLOT_CLAIMING;
@@ -202,17 +237,19 @@ asyncjobs_wake_database(Oid dboid, int count)
 
 		for (i = 0; i < n && count > 0; i++)
 		{
-			AsyncJobsSlot *slot = &AsyncJobs->slots[(start + i) % n];
+			volatile AsyncJobsSlot *slot = &AsyncJobs->slots[(start + i) % n];
+			Latch	   *latch;
 
-			if (slot->dboid == dboid && slot->state == wanted &&
-				slot->latch != NULL)
+			if (slot->dboid != dboid || slot->state != wanted)
+				continue;
+			latch = slot->latch;
+			if (latch != NULL)
 			{
-				SetLatch(slot->latch);
+				SetLatch(latch);
 				count--;
 			}
 		}
 	}
-	LWLockRelease(AsyncJobs->lock);
 }
 
 /*

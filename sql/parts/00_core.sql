@@ -43,6 +43,20 @@ COMMENT ON TABLE asyncjobs.operation_type IS
 INSERT INTO asyncjobs.operation_type (name, operationtype, builtin)
 VALUES ('sql', 54, true);
 
+-- enqueue keeps the operation types it looked up (src/api.c,
+-- lookup_operation); any write to this table sends a relcache invalidation
+-- of it, which empties that cache in every session.  ALWAYS: also under
+-- session_replication_role = replica (logical replication, restores).
+CREATE FUNCTION asyncjobs._operation_type_changed()
+RETURNS trigger
+LANGUAGE C
+AS 'MODULE_PATHNAME', 'asyncjobs_operation_type_changed';
+
+CREATE TRIGGER operation_type_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON asyncjobs.operation_type
+    FOR EACH STATEMENT EXECUTE FUNCTION asyncjobs._operation_type_changed();
+ALTER TABLE asyncjobs.operation_type ENABLE ALWAYS TRIGGER operation_type_changed;
+
 --------------------------------------------------------------------------
 -- Jobs: active table, partitioned history, and the asyncoperation view
 --------------------------------------------------------------------------
