@@ -800,6 +800,14 @@ asyncjobs_operation_type_changed(PG_FUNCTION_ARGS)
 	return PointerGetDatum(NULL);
 }
 
+/* the columns enqueue's SQL INSERTs write */
+#define INSERT_JOB \
+	"INSERT INTO asyncjobs.job (name, operationtype, messagename, " \
+	" statecode, statuscode, ownerid, postponeuntil, runafter, " \
+	" maxretries, data, priority, depth, correlationid, " \
+	" regardingobjectid, parentid, dependencytoken, dedupekey, " \
+	" recurrencepattern, recurrencestarttime) "
+
 /*
  * Prepares the statements of the SQL side of enqueue, once per backend.
  * Runs connected to SPI, as the extension's owner.
@@ -845,11 +853,7 @@ prepare_enqueue_plans(void)
 	 * would insert them: keep the two alike.
 	 */
 	insert_plan = prepare_kept(
-							   "INSERT INTO asyncjobs.job (name, operationtype, messagename, "
-							   " statecode, statuscode, ownerid, postponeuntil, runafter, "
-							   " maxretries, data, priority, depth, correlationid, "
-							   " regardingobjectid, parentid, dependencytoken, dedupekey, "
-							   " recurrencepattern, recurrencestarttime) "
+							   INSERT_JOB
 							   "SELECT coalesce($1, $3), $2, $3, "
 							   " CASE WHEN $5 > pg_catalog.now() OR w.behind THEN 1 ELSE 0 END, "
 							   " CASE WHEN $5 > pg_catalog.now() OR w.behind THEN 10 ELSE 0 END, "
@@ -868,11 +872,7 @@ prepare_enqueue_plans(void)
 	 * the first; ids follow the order of the data.
 	 */
 	insert_many_plan = prepare_kept(
-									"INSERT INTO asyncjobs.job (name, operationtype, messagename, "
-									" statecode, statuscode, ownerid, postponeuntil, runafter, "
-									" maxretries, data, priority, depth, correlationid, "
-									" regardingobjectid, parentid, dependencytoken, dedupekey, "
-									" recurrencepattern, recurrencestarttime) "
+									INSERT_JOB
 									"SELECT coalesce($1, $3), $2, $3, "
 									" CASE WHEN $5 > pg_catalog.now() OR w.behind OR ($13 IS NOT NULL AND d.ord > 1) THEN 1 ELSE 0 END, "
 									" CASE WHEN $5 > pg_catalog.now() OR w.behind OR ($13 IS NOT NULL AND d.ord > 1) THEN 10 ELSE 0 END, "

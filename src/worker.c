@@ -68,6 +68,17 @@
 #define REQUEUE_SQL \
 	"SELECT asyncjobs._requeue_orphans() + asyncjobs._requeue_expired_leases()"
 
+/* the columns the workers' outcome statements write into history */
+#define INSERT_HISTORY \
+	"INSERT INTO asyncjobs.job_history " \
+	" (asyncoperationid, name, operationtype, messagename, statecode, " \
+	"  statuscode, ownerid, createdon, modifiedon, startedon, completedon, " \
+	"  postponeuntil, executiontimespan, retrycount, maxretries, errorcode, " \
+	"  message, friendlymessage, data, result, priority, depth, " \
+	"  correlationid, correlationupdatedtime, dependencytoken, dedupekey, " \
+	"  recurrencepattern, recurrencestarttime, regardingobjectid, hostid, " \
+	"  parentid, attempts) "
+
 /* checks that are not worth doing on every loop */
 #define ORPHAN_CHECK_MS			(10 * 1000)
 #define PARTITION_CHECK_MS		(3600 * 1000)
@@ -678,14 +689,7 @@ flush_deferred(void)
 			"         AND j.statuscode OPERATOR(pg_catalog.=) 20 "
 			"         AND j.recurrencepattern IS NULL "
 			"      RETURNING j.*, pg_catalog.array_position($1, j.asyncoperationid) AS i) "
-			"INSERT INTO asyncjobs.job_history "
-			" (asyncoperationid, name, operationtype, messagename, statecode, "
-			"  statuscode, ownerid, createdon, modifiedon, startedon, completedon, "
-			"  postponeuntil, executiontimespan, retrycount, maxretries, errorcode, "
-			"  message, friendlymessage, data, result, priority, depth, "
-			"  correlationid, correlationupdatedtime, dependencytoken, dedupekey, "
-			"  recurrencepattern, recurrencestarttime, regardingobjectid, hostid, "
-			"  parentid, attempts) "
+			INSERT_HISTORY
 			"SELECT d.asyncoperationid, d.name, d.operationtype, d.messagename, 3, "
 			"  30, d.ownerid, d.createdon, pg_catalog.clock_timestamp(), "
 			"  $3[d.i], $4[d.i], d.postponeuntil, $5[d.i], "
@@ -1015,14 +1019,7 @@ asyncjobs_record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 			"WITH d AS (DELETE FROM asyncjobs.job "
 			"            WHERE asyncoperationid = $1 AND statuscode = 20 "
 			"              AND recurrencepattern IS NULL RETURNING *) "
-			"INSERT INTO asyncjobs.job_history "
-			" (asyncoperationid, name, operationtype, messagename, statecode, "
-			"  statuscode, ownerid, createdon, modifiedon, startedon, completedon, "
-			"  postponeuntil, executiontimespan, retrycount, maxretries, errorcode, "
-			"  message, friendlymessage, data, result, priority, depth, "
-			"  correlationid, correlationupdatedtime, dependencytoken, dedupekey, "
-			"  recurrencepattern, recurrencestarttime, regardingobjectid, hostid, "
-			"  parentid, attempts) "
+			INSERT_HISTORY
 			"SELECT d.asyncoperationid, d.name, d.operationtype, d.messagename, 3, "
 			"  $2, d.ownerid, d.createdon, pg_catalog.clock_timestamp(), "
 			"  coalesce($4, d.startedon), pg_catalog.clock_timestamp(), "
