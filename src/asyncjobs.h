@@ -233,6 +233,7 @@ typedef struct AsyncJobOutcome
 extern void asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome);
 extern bool asyncjobs_record_outcome(AsyncJob *job, AsyncJobOutcome *outcome);
 extern int	asyncjobs_apply_control(AsyncJob *job, const char *attempt);
+extern int	asyncjobs_deferred_status(int64 job_id);
 extern char *asyncjobs_attempt_json(AsyncJob *job, AsyncJobOutcome *outcome,
 									const char *kind);
 extern struct _SPI_plan *asyncjobs_prepare_kept(const char *sql, int nargs,

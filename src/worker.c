@@ -901,6 +901,23 @@ record_or_defer(AsyncJob *job, AsyncJobOutcome *outcome)
 }
 
 /*
+ * The statuscode a job of the open batch ended with but has not written
+ * yet (a deferred outcome: Succeeded), or -1.  For asyncjobs.wait() called
+ * by a later job of the same batch, which would otherwise find the job
+ * InProgress until the batch commits, after the caller's own end.
+ */
+int
+asyncjobs_deferred_status(int64 job_id)
+{
+	int			i;
+
+	for (i = 0; i < ndeferred; i++)
+		if (deferred[i].job->id == job_id)
+			return AJ_STATUS_SUCCEEDED;
+	return -1;
+}
+
+/*
  * What follows every job, however it ran.  (Counting it done, and waking
  * the sessions that wait for jobs, follow the commit: see batch_commit.)
  */

@@ -240,5 +240,24 @@ is( $node->safe_psql('postgres', 'SELECT string_agg(n::text, \',\' ORDER BY n) F
 	'1002', 'only the job that succeeded left its effect, once');
 ok($node->log_contains('runs a batch of 2 jobs again'), 'the worker ran the batch again');
 
+# A job that waits for an earlier job of its batch finds it Succeeded,
+# although that job's outcome is written only at the batch's commit.
+$node->safe_psql('postgres',
+	q{SELECT count(asyncjobs.enqueue('effect', jsonb_build_object('n', g, 'sleep', 0))) FROM generate_series(3001, 3020) g});
+ok($node->wait_for_jobs('postgres', "messagename = 'effect'", 60), 'short jobs ran again');
+pause_pool();
+my $waited = $node->safe_psql('postgres',
+	q{SELECT asyncjobs.enqueue('effect', '{"n": 2001, "sleep": 0}')});
+my $waiter = $node->safe_psql('postgres',
+	qq{SELECT asyncjobs.enqueue_sql('INSERT INTO seen (k, work_mem) VALUES (''wait'', asyncjobs.wait($waited, ''20 s'')::text)')});
+resume_pool();
+is($node->wait_for_job('postgres', $waiter, 15), 30, 'the waiting job ended well before its wait timeout');
+is( $node->safe_psql(
+		'postgres',
+		"SELECT count(DISTINCT $commit_of) FROM asyncjobs.job_history h WHERE asyncoperationid IN ($waited, $waiter)"),
+	'1', 'the two jobs ran in one batch');
+is($node->safe_psql('postgres', "SELECT work_mem FROM seen WHERE k = 'wait'"),
+	'30', 'wait() in the later job returned Succeeded for the earlier one');
+
 $node->stop;
 done_testing();
