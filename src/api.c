@@ -2122,11 +2122,15 @@ asyncjobs_wait(PG_FUNCTION_ARGS)
 		if (status >= AJ_STATUS_SUCCEEDED)
 			break;
 		/* called by a job: one that ran before it in its batch is done */
-		if (status == AJ_STATUS_IN_PROGRESS && asyncjobs_current_job_id != 0 &&
-			asyncjobs_deferred_status(job) >= 0)
+		if (status == AJ_STATUS_IN_PROGRESS && asyncjobs_current_job_id != 0)
 		{
-			status = asyncjobs_deferred_status(job);
-			break;
+			int			deferred = asyncjobs_deferred_status(job);
+
+			if (deferred >= 0)
+			{
+				status = deferred;
+				break;
+			}
 		}
 		{
 			Datum		xmin = SPI_getbinval(SPI_tuptable->vals[0],

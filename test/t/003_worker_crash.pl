@@ -29,17 +29,23 @@ my $node = AsyncJobsNode->new_node(
 $node->safe_psql('postgres',
 	'CREATE TABLE effects (k text PRIMARY KEY, ran_at timestamptz)');
 
-# The first attempt inserts, then sleeps long enough to be killed; the
-# attempt after the crash must find no row (else the unique key fails the
-# job) and does not sleep.
-my $job = $node->safe_psql(
-	'postgres', q{
-	SELECT asyncjobs.enqueue_sql($$
-		INSERT INTO effects VALUES ('crash', clock_timestamp());
+# Enqueues a job whose first attempt inserts row $k, then sleeps long
+# enough to be killed; the attempt after the loss must find no row (else
+# the unique key fails the job) and does not sleep.
+sub sleeping_job
+{
+	my ($k) = @_;
+	return $node->safe_psql(
+		'postgres', qq{
+	SELECT asyncjobs.enqueue_sql(\$\$
+		INSERT INTO effects VALUES ('$k', clock_timestamp());
 		SELECT pg_sleep(CASE WHEN a.retrycount = 0 THEN 60 ELSE 0 END)
 		  FROM asyncjobs.asyncoperation a
 		 WHERE a.asyncoperationid = asyncjobs.current_job();
-	$$)});
+	\$\$)});
+}
+
+my $job = sleeping_job('crash');
 like($job, qr/^\d+$/, 'job enqueued');
 
 # wait until the job's worker sleeps, i.e. its INSERT is done
@@ -101,14 +107,7 @@ is($node->wait_for_job('postgres', $next), 30, 'a new job runs after the crash')
 # A worker that dies without taking the server down (terminated: FATAL,
 # no crash restart) loses its job the same way; the launcher replaces the
 # worker at once and the job is requeued and runs again, exactly once.
-my $job2 = $node->safe_psql(
-	'postgres', q{
-	SELECT asyncjobs.enqueue_sql($$
-		INSERT INTO effects VALUES ('terminated', clock_timestamp());
-		SELECT pg_sleep(CASE WHEN a.retrycount = 0 THEN 60 ELSE 0 END)
-		  FROM asyncjobs.asyncoperation a
-		 WHERE a.asyncoperationid = asyncjobs.current_job();
-	$$)});
+my $job2 = sleeping_job('terminated');
 ok( $node->poll_until(
 		'postgres', qq{
 		SELECT count(*) FROM asyncjobs.workers w
@@ -149,14 +148,7 @@ for my $k (1 .. 5)
 		"SELECT count(*) FROM asyncjobs.workers WHERE pid <> $victim", '2', 10)
 	  or BAIL_OUT("worker $victim was not replaced");
 }
-my $job3 = $node->safe_psql(
-	'postgres', q{
-	SELECT asyncjobs.enqueue_sql($$
-		INSERT INTO effects VALUES ('held back', clock_timestamp());
-		SELECT pg_sleep(CASE WHEN a.retrycount = 0 THEN 60 ELSE 0 END)
-		  FROM asyncjobs.asyncoperation a
-		 WHERE a.asyncoperationid = asyncjobs.current_job();
-	$$)});
+my $job3 = sleeping_job('held back');
 ok( $node->poll_until(
 		'postgres',
 		"SELECT count(*) FROM asyncjobs.workers WHERE asyncoperationid = $job3",
