@@ -5,6 +5,7 @@ OBJS = \
 	src/api.o \
 	src/bulkdelete.o \
 	src/executor.o \
+	src/inflight.o \
 	src/launcher.o \
 	src/module.o \
 	src/monitor.o \

@@ -8,6 +8,7 @@
  *	  shmem.c		shared state: the worker slots, wake-ups, the launcher's inbox
  *	  launcher.c	the launcher background worker (one per server)
  *	  worker.c		the per-database worker loop: claim, run, requeue
+ *	  inflight.c	the claims a crash could undo, in a file per worker
  *	  executor.c	runs one job as its owner and captures its outcome
  *	  retry.c		transient / permanent classification and backoff
  *	  api.c			SQL-callable functions (register, enqueue, wait, ...)
@@ -239,6 +240,13 @@ extern char *asyncjobs_attempt_json(AsyncJob *job, AsyncJobOutcome *outcome,
 extern struct _SPI_plan *asyncjobs_prepare_kept(const char *sql, int nargs,
 												Oid *argtypes);
 extern void asyncjobs_run_bulk_delete(AsyncJob *job, MemoryContext cxt);
+
+/* ---- claims a crash could undo (inflight.c) ---- */
+extern void asyncjobs_inflight_open(int64 worker_id);
+extern void asyncjobs_inflight_record(AsyncJob *jobs, int n);
+extern void asyncjobs_inflight_clear(void);
+extern void asyncjobs_inflight_remove(void);
+extern void asyncjobs_inflight_recover(void);
 extern char *asyncjobs_error_report(ErrorData *edata);
 extern void asyncjobs_reset_session_state(void);
 extern void asyncjobs_pin_worker_settings(void);

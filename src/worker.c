@@ -8,7 +8,8 @@
  * Loop:
  *	  claim up to asyncjobs.batch_size jobs (about asyncjobs.batch_max_age
  *	  of work; one at a time while jobs run long) and mark them InProgress
- *	  (one commit); run them one after the other, each in a subtransaction
+ *	  (one commit, which does not wait for the WAL flush: see inflight.c);
+ *	  run them one after the other, each in a subtransaction
  *	  with its outcome (executor.c, run_claimed()), committing after
  *	  batch_size jobs or batch_max_age; then look for more.  When a claim
  *	  finds nothing the worker sleeps until an enqueue wakes it (shmem.c)
@@ -179,6 +180,9 @@ asyncjobs_worker_main(Datum main_arg)
 		SetLatch(AsyncJobs->launcher_latch);
 	LWLockRelease(AsyncJobs->lock);
 
+	/* the jobs of claims that a crash undid, then those of dead workers */
+	asyncjobs_inflight_open(MyWorkerId);
+	asyncjobs_inflight_recover();
 	(void) run_maintenance(REQUEUE_SQL);
 	(void) run_maintenance("SELECT asyncjobs.maintain_partitions()");
 	last_orphan_check = last_partition_check = GetCurrentTimestamp();
@@ -229,6 +233,8 @@ asyncjobs_worker_main(Datum main_arg)
 				for (i = 0; i < n; i++)
 					run_claimed(&jobs[i], batch_seq);
 				batch_commit();
+				/* every job of the claim has its outcome committed */
+				asyncjobs_inflight_clear();
 
 				{
 					int64		avg_us = (GetCurrentTimestamp() - batch_start) / n;
@@ -295,6 +301,7 @@ worker_detach(int code, Datum arg)
 {
 	if (MySlot == NULL)
 		return;
+	asyncjobs_inflight_remove();
 	LWLockAcquire(AsyncJobs->lock, LW_EXCLUSIVE);
 	if (MySlot->worker_id == MyWorkerId)
 	{
@@ -483,6 +490,20 @@ claim_jobs(AsyncJob **jobs, int limit)
 
 	PopActiveSnapshot();
 	SPI_finish();
+
+	/*
+	 * The claim commits without waiting for its WAL to reach the disk: the
+	 * jobs' outcomes commit later in a transaction that does wait, and that
+	 * flush covers this commit too.  A crash before then undoes the claim
+	 * along with the jobs' effects; the file written here lets the next
+	 * worker count the jobs' loss all the same (inflight.c).
+	 */
+	if (n > 0)
+	{
+		asyncjobs_inflight_record(*jobs, n);
+		(void) set_config_option("synchronous_commit", "off", PGC_SUSET,
+								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+	}
 	CommitTransactionCommand();
 	debug_query_string = NULL;
 	return n;

@@ -552,6 +552,45 @@ RETURNS void
 LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'asyncjobs_wake_at_commit_sql';
 
+-- The loss of a job's worker (killed, crashed, or the server restarted),
+-- counted as a transient failure of the job: it waits to run again at once
+-- with retrycount + 1, or ends Failed when its retry budget is spent.
+-- "expect" is the statuscode the job must still have (NULL: any).
+CREATE FUNCTION asyncjobs._worker_lost(job_id bigint, retries int, max_retries int,
+                                       op text, owner regrole, expect smallint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    msg     constant text := 'the worker running the job terminated';
+    attempt jsonb;
+BEGIN
+    attempt := jsonb_build_object('outcome', 'worker_lost',
+                                  'ended', clock_timestamp(),
+                                  'errorcode', '57P01', 'message', msg);
+    IF asyncjobs._control_outcome(job_id, attempt) IS NOT NULL THEN
+        NULL;   -- it was Canceling or Pausing: now Canceled or Paused
+    ELSIF retries >= max_retries THEN
+        PERFORM asyncjobs._finish(job_id, 31::smallint,
+            NULL, NULL, NULL, '57P01',
+            'ERROR:  ' || msg || E'\nDETAIL:  The job was interrupted and its retry budget of '
+                || max_retries || ' retries is spent.',
+            msg, attempt, expect);
+    ELSE
+        UPDATE asyncjobs.job
+           SET statecode = 0, statuscode = 0, retrycount = retrycount + 1,
+               runafter = clock_timestamp(), modifiedon = clock_timestamp(),
+               lockedby = NULL, hostid = NULL, errorcode = '57P01',
+               message = 'ERROR:  ' || msg, friendlymessage = msg,
+               attempts = attempts || attempt
+         WHERE asyncoperationid = job_id;
+        PERFORM asyncjobs._rollup_add(op, owner, NULL, NULL, 1);
+    END IF;
+END
+$$;
+
+-- The jobs held by workers that no longer exist.
 CREATE FUNCTION asyncjobs._requeue_orphans()
 RETURNS int
 LANGUAGE plpgsql
@@ -560,12 +599,7 @@ AS $$
 DECLARE
     n       int := 0;
     orphan  record;
-    msg     constant text := 'the worker running the job terminated';
-    attempt jsonb;
 BEGIN
-    attempt := jsonb_build_object('outcome', 'worker_lost',
-                                  'ended', clock_timestamp(),
-                                  'errorcode', '57P01', 'message', msg);
     FOR orphan IN
         SELECT j.asyncoperationid, j.retrycount, j.maxretries, j.messagename, j.ownerid
           FROM asyncjobs.job j
@@ -573,24 +607,47 @@ BEGIN
            AND NOT asyncjobs._live_worker(j.lockedby)
            FOR UPDATE SKIP LOCKED
     LOOP
-        IF asyncjobs._control_outcome(orphan.asyncoperationid, attempt) IS NOT NULL THEN
-            NULL;   -- it was Canceling or Pausing: now Canceled or Paused
-        ELSIF orphan.retrycount >= orphan.maxretries THEN
-            PERFORM asyncjobs._finish(orphan.asyncoperationid, 31::smallint,
-                NULL, NULL, NULL, '57P01',
-                'ERROR:  ' || msg || E'\nDETAIL:  The job was interrupted and its retry budget of '
-                    || orphan.maxretries || ' retries is spent.',
-                msg, attempt, NULL);
-        ELSE
-            UPDATE asyncjobs.job
-               SET statecode = 0, statuscode = 0, retrycount = retrycount + 1,
-                   runafter = clock_timestamp(), modifiedon = clock_timestamp(),
-                   lockedby = NULL, hostid = NULL, errorcode = '57P01',
-                   message = 'ERROR:  ' || msg, friendlymessage = msg,
-                   attempts = attempts || attempt
-             WHERE asyncoperationid = orphan.asyncoperationid;
-            PERFORM asyncjobs._rollup_add(orphan.messagename, orphan.ownerid, NULL, NULL, 1);
-        END IF;
+        PERFORM asyncjobs._worker_lost(orphan.asyncoperationid, orphan.retrycount,
+                                       orphan.maxretries, orphan.messagename,
+                                       orphan.ownerid, NULL);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+-- The jobs of claims that a crash undid.  A worker commits its claims
+-- without waiting for the WAL flush (the batch that runs the jobs waits for
+-- it), so a crash of the server can undo a claim whose jobs were already
+-- running: they are back to waiting, their loss not counted.  Each worker
+-- writes the jobs of its claim, with their retrycount, to a file before the
+-- claim commits (src/inflight.c); the workers of the next life pass the
+-- files of the dead workers here.  A job is counted lost only if it is
+-- still waiting, unclaimed, with the retrycount it had when claimed: else
+-- the claim did survive (the job is InProgress, done, or was requeued with
+-- its loss counted).
+CREATE FUNCTION asyncjobs._requeue_lost_claims(ids bigint[], retries int[])
+RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n     int := 0;
+    lost  record;
+BEGIN
+    FOR lost IN
+        SELECT j.asyncoperationid, j.retrycount, j.maxretries, j.messagename,
+               j.ownerid, j.statuscode
+          FROM unnest(ids, retries) AS c(id, retrycount)
+          JOIN asyncjobs.job j ON j.asyncoperationid = c.id
+         WHERE j.statecode = 0 AND j.lockedby IS NULL AND j.leasetoken IS NULL
+           AND j.retrycount = c.retrycount
+         ORDER BY j.asyncoperationid
+           FOR UPDATE OF j SKIP LOCKED
+    LOOP
+        PERFORM asyncjobs._worker_lost(lost.asyncoperationid, lost.retrycount,
+                                       lost.maxretries, lost.messagename,
+                                       lost.ownerid, lost.statuscode);
         n := n + 1;
     END LOOP;
     RETURN n;
