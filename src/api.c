@@ -286,25 +286,8 @@ asyncjobs_check_preloaded(PG_FUNCTION_ARGS)
 Datum
 asyncjobs_live_worker(PG_FUNCTION_ARGS)
 {
-	int64		worker_id = PG_GETARG_INT64(0);
-	bool		live = false;
-	int			i;
-
 	asyncjobs_require_shmem();
-	LWLockAcquire(AsyncJobs->lock, LW_SHARED);
-	for (i = 0; i < AsyncJobs->n_slots; i++)
-	{
-		AsyncJobsSlot *slot = &AsyncJobs->slots[i];
-
-		if (slot->worker_id == worker_id &&
-			slot->state != SLOT_FREE && slot->state != SLOT_EXITED)
-		{
-			live = true;
-			break;
-		}
-	}
-	LWLockRelease(AsyncJobs->lock);
-	PG_RETURN_BOOL(live);
+	PG_RETURN_BOOL(asyncjobs_worker_live(PG_GETARG_INT64(0)));
 }
 
 /*----

@@ -171,6 +171,7 @@ extern void asyncjobs_notify_launcher(Oid dboid);
 extern void asyncjobs_notify_launcher_at_commit(void);
 extern bool asyncjobs_database_quiesced(Oid dboid);
 extern void asyncjobs_quiesce_database(Oid dboid, bool on);
+extern bool asyncjobs_worker_live(int64 worker_id);
 
 /* ---- monitor.c ---- */
 extern void asyncjobs_monitor_init(void);

@@ -40,7 +40,6 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/fd.h"
-#include "storage/lwlock.h"
 #include "utils/array.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -182,29 +181,6 @@ inflight_write(const char *buf, Size len)
 	}
 }
 
-/* whether a worker id belongs to a worker process that exists now */
-static bool
-worker_is_live(int64 worker_id)
-{
-	bool		live = false;
-	int			i;
-
-	LWLockAcquire(AsyncJobs->lock, LW_SHARED);
-	for (i = 0; i < AsyncJobs->n_slots; i++)
-	{
-		AsyncJobsSlot *slot = &AsyncJobs->slots[i];
-
-		if (slot->worker_id == worker_id &&
-			slot->state != SLOT_FREE && slot->state != SLOT_EXITED)
-		{
-			live = true;
-			break;
-		}
-	}
-	LWLockRelease(AsyncJobs->lock);
-	return live;
-}
-
 /*
  * Reads one dead worker's file into the arrays; returns false if it is not
  * a file of ours.
@@ -316,7 +292,7 @@ asyncjobs_inflight_recover(void)
 		worker_id = strtoll(de->d_name + prefixlen, &end, 10);
 		if (errno != 0 || *end != '\0' || end == de->d_name + prefixlen)
 			continue;
-		if (worker_is_live((int64) worker_id))
+		if (asyncjobs_worker_live((int64) worker_id))
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", INFLIGHT_DIR, de->d_name);
 		if (read_claims_file(path, MyDatabaseId, (int64) worker_id,

@@ -327,3 +327,28 @@ asyncjobs_quiesce_database(Oid dboid, bool on)
 	}
 	LWLockRelease(AsyncJobs->lock);
 }
+
+/*
+ * Whether a worker id belongs to a worker process that exists now.
+ */
+bool
+asyncjobs_worker_live(int64 worker_id)
+{
+	bool		live = false;
+	int			i;
+
+	LWLockAcquire(AsyncJobs->lock, LW_SHARED);
+	for (i = 0; i < AsyncJobs->n_slots; i++)
+	{
+		AsyncJobsSlot *slot = &AsyncJobs->slots[i];
+
+		if (slot->worker_id == worker_id &&
+			slot->state != SLOT_FREE && slot->state != SLOT_EXITED)
+		{
+			live = true;
+			break;
+		}
+	}
+	LWLockRelease(AsyncJobs->lock);
+	return live;
+}

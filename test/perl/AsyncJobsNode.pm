@@ -280,6 +280,54 @@ sub wait_for_job
 
 =pod
 
+=item $node->enqueue_sleeping_job($dbname, $key, $sleep_s)
+
+Enqueues a SQL job whose every attempt inserts row $key into the test's
+table C<effects (k text PRIMARY KEY, ran_at timestamptz)>, and whose first
+attempt (retrycount 0) then sleeps $sleep_s seconds (60): long enough to be
+killed or canceled while it runs. An attempt after a lost one finds its row
+gone with the lost attempt (else the key fails it) and does not sleep.
+Returns the job id.
+
+=cut
+
+sub enqueue_sleeping_job
+{
+	my ($self, $dbname, $key, $sleep_s) = @_;
+	$sleep_s //= 60;
+	return $self->safe_psql(
+		$dbname, qq{
+	SELECT asyncjobs.enqueue_sql(\$\$
+		INSERT INTO effects VALUES ('$key', clock_timestamp());
+		SELECT pg_sleep(CASE WHEN a.retrycount = 0 THEN $sleep_s ELSE 0 END)
+		  FROM asyncjobs.asyncoperation a
+		 WHERE a.asyncoperationid = asyncjobs.current_job();
+	\$\$)});
+}
+
+=pod
+
+=item $node->wait_for_job_sleeping($dbname, $job_id, $timeout_s)
+
+Waits until a worker runs the job and the job sleeps in C<pg_sleep> (so its
+statements before the sleep are done); false after $timeout_s (10).
+
+=cut
+
+sub wait_for_job_sleeping
+{
+	my ($self, $dbname, $job_id, $timeout_s) = @_;
+	croak "job id must be a number" unless $job_id =~ /^\d+$/;
+	return $self->poll_until(
+		$dbname, qq{
+		SELECT count(*) FROM asyncjobs.workers w
+		  JOIN pg_stat_activity a ON a.pid = w.pid
+		 WHERE w.asyncoperationid = $job_id AND a.wait_event = 'PgSleep'},
+		'1', $timeout_s // 10);
+}
+
+=pod
+
 =item $node->wait_for_jobs($dbname, $where, $timeout_s)
 
 Waits until no job matching the SQL condition $where (on

@@ -29,32 +29,15 @@ my $node = AsyncJobsNode->new_node(
 $node->safe_psql('postgres',
 	'CREATE TABLE effects (k text PRIMARY KEY, ran_at timestamptz)');
 
-# Enqueues a job whose first attempt inserts row $k, then sleeps long
-# enough to be killed; the attempt after the loss must find no row (else
-# the unique key fails the job) and does not sleep.
-sub sleeping_job
-{
-	my ($k) = @_;
-	return $node->safe_psql(
-		'postgres', qq{
-	SELECT asyncjobs.enqueue_sql(\$\$
-		INSERT INTO effects VALUES ('$k', clock_timestamp());
-		SELECT pg_sleep(CASE WHEN a.retrycount = 0 THEN 60 ELSE 0 END)
-		  FROM asyncjobs.asyncoperation a
-		 WHERE a.asyncoperationid = asyncjobs.current_job();
-	\$\$)});
-}
+# A job whose first attempt inserts row $k, then sleeps long enough to be
+# killed (AsyncJobsNode::enqueue_sleeping_job).
+sub sleeping_job { return $node->enqueue_sleeping_job('postgres', $_[0]); }
 
 my $job = sleeping_job('crash');
 like($job, qr/^\d+$/, 'job enqueued');
 
 # wait until the job's worker sleeps, i.e. its INSERT is done
-ok( $node->poll_until(
-		'postgres', qq{
-		SELECT count(*) FROM asyncjobs.workers w
-		  JOIN pg_stat_activity a ON a.pid = w.pid
-		 WHERE w.asyncoperationid = $job AND a.wait_event = 'PgSleep'},
-		'1', 10),
+ok($node->wait_for_job_sleeping('postgres', $job),
 	'the job runs and sleeps after its INSERT');
 my $pid = $node->safe_psql('postgres',
 	"SELECT pid FROM asyncjobs.workers WHERE asyncoperationid = $job");
@@ -108,12 +91,7 @@ is($node->wait_for_job('postgres', $next), 30, 'a new job runs after the crash')
 # no crash restart) loses its job the same way; the launcher replaces the
 # worker at once and the job is requeued and runs again, exactly once.
 my $job2 = sleeping_job('terminated');
-ok( $node->poll_until(
-		'postgres', qq{
-		SELECT count(*) FROM asyncjobs.workers w
-		  JOIN pg_stat_activity a ON a.pid = w.pid
-		 WHERE w.asyncoperationid = $job2 AND a.wait_event = 'PgSleep'},
-		'1', 10),
+ok($node->wait_for_job_sleeping('postgres', $job2),
 	'the second job runs and sleeps after its INSERT');
 my $pid2 = $node->safe_psql('postgres',
 	"SELECT pid FROM asyncjobs.workers WHERE asyncoperationid = $job2");

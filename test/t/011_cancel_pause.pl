@@ -79,16 +79,7 @@ $node->safe_psql(
 });
 
 # Waits until the job runs and sleeps in pg_sleep (its INSERT done).
-sub wait_sleeping
-{
-	my ($job) = @_;
-	return $node->poll_until(
-		'postgres', qq{
-		SELECT count(*) FROM asyncjobs.workers w
-		  JOIN pg_stat_activity a ON a.pid = w.pid
-		 WHERE w.asyncoperationid = $job AND a.wait_event = 'PgSleep'},
-		'1', 10);
-}
+sub wait_sleeping { return $node->wait_for_job_sleeping('postgres', $_[0]); }
 
 sub effects_of
 {

@@ -35,30 +35,9 @@ $node->safe_psql('postgres',
 	'CREATE TABLE effects (k text PRIMARY KEY, ran_at timestamptz)');
 
 # a job whose first attempt inserts row $k and sleeps; later attempts do
-# not sleep
-sub sleeping_job
-{
-	my ($k) = @_;
-	return $node->safe_psql(
-		'postgres', qq{
-	SELECT asyncjobs.enqueue_sql(\$\$
-		INSERT INTO effects VALUES ('$k', clock_timestamp());
-		SELECT pg_sleep(CASE WHEN a.retrycount = 0 THEN 120 ELSE 0 END)
-		  FROM asyncjobs.asyncoperation a
-		 WHERE a.asyncoperationid = asyncjobs.current_job();
-	\$\$)});
-}
-
-sub wait_sleeping
-{
-	my ($job) = @_;
-	return $node->poll_until(
-		'postgres', qq{
-		SELECT count(*) FROM asyncjobs.workers w
-		  JOIN pg_stat_activity a ON a.pid = w.pid
-		 WHERE w.asyncoperationid = $job AND a.wait_event = 'PgSleep'},
-		'1', 30);
-}
+# not sleep (AsyncJobsNode::enqueue_sleeping_job)
+sub sleeping_job { return $node->enqueue_sleeping_job('postgres', $_[0], 120); }
+sub wait_sleeping { return $node->wait_for_job_sleeping('postgres', $_[0], 30); }
 
 sub crash
 {
