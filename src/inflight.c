@@ -22,7 +22,8 @@
  * that no longer exist, hands their jobs to asyncjobs._requeue_lost_claims()
  * (which counts the loss of a job only if it is still waiting with the
  * retrycount of the claim, i.e. the claim was undone), and removes the
- * files once that committed.  The files of live workers are left alone.
+ * files once that committed.  The files of live workers are left alone;
+ * those of databases that were dropped are removed.
  *
  * Copyright (c) 2026, the asyncjobs authors
  *
@@ -182,6 +183,27 @@ inflight_write(const char *buf, Size len)
 }
 
 /*
+ * Removes a claims file of a database that no longer exists (its directory
+ * under base/ is gone): its jobs went with it.
+ */
+static void
+forget_dropped_database(const char *name)
+{
+	unsigned int dboid;
+	char		dbpath[MAXPGPATH];
+	char		path[MAXPGPATH];
+	struct stat st;
+
+	if (sscanf(name, "claims.%u.", &dboid) != 1 || dboid == InvalidOid)
+		return;
+	snprintf(dbpath, sizeof(dbpath), "base/%u", dboid);
+	if (stat(dbpath, &st) == 0 || errno != ENOENT)
+		return;
+	snprintf(path, sizeof(path), "%s/%s", INFLIGHT_DIR, name);
+	(void) unlink(path);
+}
+
+/*
  * Reads one dead worker's file into the arrays; returns false if it is not
  * a file of ours.
  */
@@ -287,7 +309,10 @@ asyncjobs_inflight_recover(void)
 
 		CHECK_FOR_INTERRUPTS();
 		if (strncmp(de->d_name, prefix, prefixlen) != 0)
+		{
+			forget_dropped_database(de->d_name);
 			continue;
+		}
 		errno = 0;
 		worker_id = strtoll(de->d_name + prefixlen, &end, 10);
 		if (errno != 0 || *end != '\0' || end == de->d_name + prefixlen)

@@ -129,6 +129,44 @@ $j = $node->job('postgres', $job2);
 is($j->{retrycount}, 1, 'kept: the loss is counted once');
 is(scalar @{ $j->{attempts} }, 2, 'kept: two attempts are recorded');
 
+###########################################################################
+# 3. files that are not claims of this database's dead workers
+###########################################################################
+
+# a file of a database that no longer exists, and a damaged file of a dead
+# worker of this database: the next worker to start removes both, and
+# leaves the live worker's file alone
+my $dboid = $node->safe_psql('postgres',
+	"SELECT oid FROM pg_database WHERE datname = 'postgres'");
+my $gone = "$datadir/pg_asyncjobs/claims.4000000000.1";
+my $damaged = "$datadir/pg_asyncjobs/claims.$dboid.2";
+foreach my $f ($gone, $damaged)
+{
+	open(my $fh, '>', $f) or die "could not write $f: $!";
+	print $fh 'not a claims file';
+	close($fh);
+	chown((getpwnam('postgres'))[2, 3], $f) if $> == 0;
+}
+my $live = $node->safe_psql('postgres', 'SELECT worker_id FROM asyncjobs.workers');
+$pid = $node->safe_psql('postgres', 'SELECT pid FROM asyncjobs.workers');
+$off = $node->log_position;
+is($node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)"),
+	't', 'terminate the worker: the launcher starts another');
+ok( eval {
+		$node->wait_for_log(qr/ignores file "pg_asyncjobs\/claims\.$dboid\.2"/,
+			$off);
+		1;
+	},
+	'the new worker ignored the damaged file');
+ok($node->wait_for_workers('postgres', 1, 30), 'the pool is back');
+ok(!-e $gone,    'the file of a dropped database is removed');
+ok(!-e $damaged, 'the damaged file is removed');
+my $newlive = $node->safe_psql('postgres', 'SELECT worker_id FROM asyncjobs.workers');
+ok(-e "$datadir/pg_asyncjobs/claims.$dboid.$newlive",
+	'the new worker has its own claims file');
+ok(!-e "$datadir/pg_asyncjobs/claims.$dboid.$live",
+	'the terminated worker removed its own file as it exited');
+
 # a clean stop removes the claims files of the workers
 $node->stop;
 @files = glob("$datadir/pg_asyncjobs/claims.*");
