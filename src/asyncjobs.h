@@ -207,7 +207,7 @@ typedef struct AsyncJob
 	char	   *operation;
 	int			operationtype;
 	Oid			owner;
-	char	   *data;			/* jsonb as text */
+	Jsonb	   *data;			/* detoasted, in the claim's memory */
 	int			retrycount;
 	int			maxretries;
 	Oid			handler;

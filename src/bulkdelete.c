@@ -96,6 +96,8 @@ data_string(Jsonb *data, const char *key)
 	JsonbValue	k;
 	JsonbValue *v;
 
+	if (data == NULL)
+		return NULL;
 	k.type = jbvString;
 	k.val.string.val = (char *) key;
 	k.val.string.len = strlen(key);
@@ -118,8 +120,7 @@ static void
 bulk_delete_setup(AsyncJob *job, BulkDelete *bd)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	Jsonb	   *data = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
-														  CStringGetDatum(job->data)));
+	Jsonb	   *data = job->data;
 	char	   *s;
 	Datum		arg;
 	Oid			argtype = OIDOID;

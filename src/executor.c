@@ -243,7 +243,9 @@ run_handler(AsyncJob *job)
 
 	hp = handler_plan(job->handler);
 	call_context = hp->context;
-	arg = DirectFunctionCall1(jsonb_in, CStringGetDatum(job->data));
+	arg = JsonbPGetDatum(job->data);
+	if (job->data == NULL)
+		nulls = 'n';
 	rc = SPI_execute_plan(hp->plan, &arg, &nulls, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
@@ -324,15 +326,18 @@ handler_plan(Oid handler)
 static char *
 run_sql(AsyncJob *job)
 {
-	Datum		d;
 	Jsonb	   *data;
 	JsonbValue	key;
 	JsonbValue *cmd;
 	char	   *command;
 	int			rc;
 
-	d = DirectFunctionCall1(jsonb_in, CStringGetDatum(job->data));
-	data = DatumGetJsonbP(d);
+	data = job->data;
+	if (data == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("SQL job has no command"),
+				 errdetail("The job's data is NULL.")));
 	key.type = jbvString;
 	key.val.string.val = "command";
 	key.val.string.len = strlen("command");

@@ -478,7 +478,13 @@ claim_jobs(AsyncJob **jobs, int limit)
 		job->operation = get_text(tup, desc, 2);
 		job->operationtype = (int) get_int64(tup, desc, 3, 0);
 		job->owner = (Oid) get_int64(tup, desc, 4, InvalidOid);
-		job->data = get_text(tup, desc, 5);
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(tup, desc, 5, &isnull);
+
+			/* data is NOT NULL; kept as jsonb, not a text to parse again */
+			job->data = isnull ? NULL : DatumGetJsonbPCopy(d);
+		}
 		job->retrycount = (int) get_int64(tup, desc, 6, 0);
 		job->maxretries = (int) get_int64(tup, desc, 7, 0);
 		job->handler = (Oid) get_int64(tup, desc, 8, InvalidOid);
