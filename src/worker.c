@@ -699,6 +699,7 @@ flush_deferred(void)
 		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
 	debug_query_string = "asyncjobs outcomes";
+	pgstat_report_activity(STATE_RUNNING, "asyncjobs outcomes");
 
 	if (flush_plan == NULL)
 	{
