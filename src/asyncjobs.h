@@ -75,6 +75,7 @@ extern int	asyncjobs_max_workers;
 extern int	asyncjobs_poll_interval;
 extern int	asyncjobs_batch_size;
 extern int	asyncjobs_batch_max_age;
+extern int	asyncjobs_claim_watermark_threshold;
 extern bool asyncjobs_enabled;
 extern int	asyncjobs_launcher_naptime;
 extern int	asyncjobs_max_depth;
@@ -131,6 +132,10 @@ typedef struct AsyncJobsSlot
 	bool		interruptible;	/* a job's handler runs: SIGINT may hit it */
 	bool		requeue_pending;	/* a worker of its database died: requeue
 									 * its jobs at once (launcher.c) */
+	/* claim watermarks (worker.c); under lock */
+	bool		watermark_mode; /* its claims start after its watermarks */
+	TimestampTz full_claim_at;	/* start of its last claim from the start
+								 * in watermark mode */
 } AsyncJobsSlot;
 
 #define AJ_MAX_PENDING_DBS		16

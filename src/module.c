@@ -30,6 +30,7 @@ int			asyncjobs_max_workers = 2;
 int			asyncjobs_poll_interval = 1000;
 int			asyncjobs_batch_size = 100;
 int			asyncjobs_batch_max_age = 50;
+int			asyncjobs_claim_watermark_threshold = 10000;
 bool		asyncjobs_enabled = true;
 int			asyncjobs_launcher_naptime = 10000;
 int			asyncjobs_max_depth = 8;
@@ -141,6 +142,22 @@ _PG_init(void)
 							50, 0, 10000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("asyncjobs.claim_watermark_threshold",
+							"Index entries of gone jobs a claim may read before the worker's claims start after the last jobs it took.",
+							"A claim that reads more entries of job_claim_idx whose jobs it "
+							"cannot see than this plus asyncjobs.max_workers * "
+							"asyncjobs.batch_size (as it does while a transaction holds "
+							"back the xmin horizon) puts its worker in watermark mode: each "
+							"operation's scan starts after the last job the worker took of "
+							"it, and one claim per database from the start at least every "
+							"asyncjobs.poll_interval finds the jobs that sort before it and "
+							"decides whether to stay in that mode. 0 never uses watermarks.",
+							&asyncjobs_claim_watermark_threshold,
+							10000, 0, INT_MAX,
+							PGC_SIGHUP,
+							0,
 							NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("asyncjobs.enabled",

@@ -15,6 +15,10 @@
  *	  finds nothing the worker sleeps until an enqueue wakes it (shmem.c)
  *	  or asyncjobs.poll_interval passes.
  *
+ * While claims are expensive (see "Claim watermarks"), a claim starts each
+ * operation's scan after the last job the worker took of it, with a claim
+ * from the start at least every asyncjobs.poll_interval.
+ *
  * A job stays Locked with its worker's id while it waits and runs.  If the
  * worker dies, the job keeps that id, which no live slot holds any more:
  * the next worker to start (the launcher replaces a dead worker at once),
@@ -31,6 +35,7 @@
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
+#include "executor/instrument.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -121,6 +126,87 @@ static bool run_maintenance(const char *sql);
 
 static void write_trace(AsyncJob *job, AsyncJobOutcome *outcome);
 
+/*
+ * Claim watermarks.
+ *
+ * A claim reads each operation's jobs from job_claim_idx in claim order,
+ * from the operation's first entry.  The entries of jobs already done are
+ * normally skipped at little cost: the first scan that meets one finds its
+ * tuple dead to everyone and marks it, and vacuum removes it.  While a
+ * transaction holds back the xmin horizon, they are only recently dead: no
+ * scan may mark them, vacuum may not remove them, and every claim visits
+ * the heap tuple of every job done since the horizon was pinned before it
+ * reaches a live one.  A claim then costs in proportion to that.
+ *
+ * So a worker remembers, per operation, the claim key (priority, runafter,
+ * asyncoperationid) of the last job its last claim took, and, while its
+ * claims are expensive ("watermark mode"), asks _claim to start each
+ * operation's scan after that key.  A job that sorts before a watermark
+ * -- one of a higher priority enqueued later, a postponed or retried job
+ * that fell due, one enqueued by a long transaction, the next job of a
+ * dependency token -- is missed by such a claim; a claim from the start
+ * (a "full" claim) still runs at least every asyncjobs.poll_interval, the
+ * time an idle worker may already take to see a postponed job fall due,
+ * and catches it.  One such claim per database and poll interval is
+ * enough, whichever worker makes it: the workers in watermark mode take
+ * turns (full_claim_due), so that the pool pays for one scan of all the
+ * entries a second, not one per worker.
+ *
+ * The measure of expensive is deterministic and counts exactly that waste:
+ * the entries of job_claim_idx that a full claim read without finding a
+ * tuple its snapshot sees (the index's tuples returned minus heap tuples
+ * fetched, from the backend's pending statistics; needs track_counts).  A
+ * healthy claim reads few: the first scan to meet the entry of a job done
+ * marks it dead and later ones skip it unread, so a claim reads about the
+ * entries of the jobs the pool took since its last claim, at most about
+ * asyncjobs.max_workers * asyncjobs.batch_size.  A full claim that reads
+ * more than that plus asyncjobs.claim_watermark_threshold enters watermark
+ * mode.  (The shared buffers a claim touches tell the two cases apart less
+ * well: a healthy claim also walks the leaf pages of entries marked dead
+ * until vacuum removes them, several thousand buffers between two
+ * autovacuums of a busy queue.)  Leaving takes a full claim that is cheap
+ * by both measures: right after the horizon moves on, the first scans mark
+ * the entries of all the jobs done meanwhile dead, and until vacuum
+ * removes them every claim from the start still walks their leaf pages --
+ * after a hold of minutes, tens of thousands of them; so a worker stays in
+ * watermark mode while a full claim touches more than
+ * WATERMARK_LEAVE_BUFFERS plus WATERMARK_LEAVE_BUFFERS_PER_JOB per job.
+ * Normal mode is exactly the claim without watermarks, so a healthy queue
+ * keeps its latency and ordering.  The watermarks are kept up to date in
+ * both modes, so that the first claim in watermark mode already has them.
+ *
+ * An operation for which a claim took nothing keeps its watermark: the
+ * jobs after it are just not there yet.  At most MAX_WATERMARKS operations
+ * are remembered, in their own context; the one moved least recently makes
+ * room for a new one.
+ */
+#define MAX_WATERMARKS				64
+#define WATERMARK_LEAVE_BUFFERS		2000
+#define WATERMARK_LEAVE_BUFFERS_PER_JOB	20
+
+typedef struct ClaimWatermark
+{
+	char	   *operation;		/* in watermark_context */
+	int32		priority;
+	TimestampTz runafter;
+	int64		id;
+	uint64		moved;			/* claim_count of the claim that set it */
+} ClaimWatermark;
+
+static MemoryContext watermark_context = NULL;
+static ClaimWatermark watermarks[MAX_WATERMARKS];
+static int	n_watermarks = 0;
+static uint64 claim_count = 0;
+static bool watermark_mode = false;
+
+static bool full_claim_due(TimestampTz now);
+static int64 claim_index_misses(Oid indexid);
+static void watermark_note(const char *operation, int32 priority,
+						   TimestampTz runafter, int64 id);
+static void watermark_args(Datum *args, char *nulls);
+static void watermark_decide(bool full, TimestampTz start, int64 misses,
+							 int64 buffers, int n);
+
 void
 asyncjobs_worker_main(Datum main_arg)
 {
@@ -170,6 +256,9 @@ asyncjobs_worker_main(Datum main_arg)
 	batch_context = AllocSetContextCreate(TopMemoryContext,
 										  "asyncjobs worker batch",
 										  ALLOCSET_DEFAULT_SIZES);
+	watermark_context = AllocSetContextCreate(TopMemoryContext,
+											  "asyncjobs worker watermarks",
+											  ALLOCSET_SMALL_SIZES);
 	MyHostId = MemoryContextStrdup(TopMemoryContext,
 								   psprintf("%d@%s", MyProcPid, dbname));
 
@@ -423,11 +512,18 @@ claim_or_exit(AsyncJob **jobs, int limit)
 static int
 claim_jobs(AsyncJob **jobs, int limit)
 {
-	Datum		args[3];
+	Datum		args[7];
+	char		nulls[7] = {' ', ' ', ' ', 'n', 'n', 'n', 'n'};
 	int			rc;
 	int			n;
 	int			i;
 	MemoryContext oldcxt;
+	TimestampTz start;
+	bool		full;
+	Oid			claim_index;
+	int64		misses;
+	int64		buffers;
+	ClaimWatermark *keys;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -452,22 +548,40 @@ claim_jobs(AsyncJob **jobs, int limit)
 
 	if (claim_plan == NULL)
 	{
-		Oid			types[3] = {INT8OID, TEXTOID, INT4OID};
+		Oid			types[7] = {INT8OID, TEXTOID, INT4OID, TEXTARRAYOID,
+		INT4ARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
 
-		claim_plan = asyncjobs_prepare_kept("SELECT * FROM asyncjobs._claim($1, $2, $3)",
-								  3, types);
+		claim_plan = asyncjobs_prepare_kept("SELECT * FROM asyncjobs._claim($1, $2, $3, "
+											"after_ops => $4, after_priority => $5, "
+											"after_runafter => $6, after_id => $7)",
+											7, types);
 	}
 
 	args[0] = Int64GetDatum(MyWorkerId);
 	args[1] = CStringGetTextDatum(MyHostId);
 	args[2] = Int32GetDatum(limit);
-	rc = SPI_execute_plan(claim_plan, args, NULL, false, 0);
+
+	/* from the watermarks while claims are expensive; from the start when due */
+	start = GetCurrentTimestamp();
+	full = !watermark_mode || n_watermarks == 0 || full_claim_due(start);
+	if (!full)
+		watermark_args(args, nulls);
+
+	claim_index = get_relname_relid("job_claim_idx",
+									get_namespace_oid(ASYNCJOBS_SCHEMA, true));
+	misses = claim_index_misses(claim_index);
+	buffers = pgBufferUsage.shared_blks_hit + pgBufferUsage.shared_blks_read;
+	rc = SPI_execute_plan(claim_plan, args, nulls, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "asyncjobs claim failed: %s", SPI_result_code_string(rc));
+	buffers = pgBufferUsage.shared_blks_hit + pgBufferUsage.shared_blks_read - buffers;
+	misses = claim_index_misses(claim_index) - misses;
 
 	n = (int) SPI_processed;
+	claim_count++;
 	oldcxt = MemoryContextSwitchTo(batch_context);
 	*jobs = palloc0(sizeof(AsyncJob) * Max(n, 1));
+	keys = palloc(sizeof(ClaimWatermark) * Max(n, 1));
 	for (i = 0; i < n; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -491,6 +605,8 @@ claim_jobs(AsyncJob **jobs, int limit)
 		job->timeout_ms = get_int64(tup, desc, 9, 0);
 		job->retry_delay_ms = get_int64(tup, desc, 10, 10000);
 		job->retry_delay_max_ms = get_int64(tup, desc, 11, 3600 * 1000);
+		keys[i].priority = (int32) get_int64(tup, desc, 14, 0);
+		keys[i].runafter = (TimestampTz) get_int64(tup, desc, 15, 0);
 	}
 	MemoryContextSwitchTo(oldcxt);
 
@@ -512,7 +628,188 @@ claim_jobs(AsyncJob **jobs, int limit)
 	}
 	CommitTransactionCommand();
 	debug_query_string = NULL;
+
+	/* the jobs are ours: move the watermarks past them */
+	for (i = 0; i < n; i++)
+		watermark_note((*jobs)[i].operation, keys[i].priority,
+					   keys[i].runafter, (*jobs)[i].id);
+	watermark_decide(full, start, misses, buffers, n);
 	return n;
+}
+
+/*
+ * In watermark mode: is a claim from the start due, that is, has no worker
+ * of the database in watermark mode (this one included) started one within
+ * asyncjobs.poll_interval?  If so, this worker takes the turn.
+ */
+static bool
+full_claim_due(TimestampTz now)
+{
+	TimestampTz latest = 0;
+	bool		due;
+	int			i;
+
+	LWLockAcquire(AsyncJobs->lock, LW_EXCLUSIVE);
+	for (i = 0; i < AsyncJobs->n_slots; i++)
+	{
+		AsyncJobsSlot *slot = &AsyncJobs->slots[i];
+
+		if (slot->dboid == MyDatabaseId && slot->watermark_mode &&
+			(slot->state == SLOT_IDLE || slot->state == SLOT_CLAIMING ||
+			 slot->state == SLOT_RUNNING) &&
+			slot->full_claim_at > latest)
+			latest = slot->full_claim_at;
+	}
+	due = TimestampDifferenceExceeds(latest, now, asyncjobs_poll_interval);
+	if (due)
+		MySlot->full_claim_at = now;
+	LWLockRelease(AsyncJobs->lock);
+	return due;
+}
+
+/*
+ * Remembers that the current claim took the job with this claim key: the
+ * operation's watermark becomes the key of the last job of it that the
+ * claim took (claims return the jobs of an operation in key order).
+ */
+static void
+watermark_note(const char *operation, int32 priority, TimestampTz runafter,
+			   int64 id)
+{
+	ClaimWatermark *wm = NULL;
+	int			i;
+
+	for (i = 0; i < n_watermarks; i++)
+	{
+		if (strcmp(watermarks[i].operation, operation) == 0)
+		{
+			wm = &watermarks[i];
+			break;
+		}
+	}
+	if (wm == NULL)
+	{
+		if (n_watermarks < MAX_WATERMARKS)
+			wm = &watermarks[n_watermarks++];
+		else
+		{
+			/* the operation whose watermark moved least recently makes room */
+			wm = &watermarks[0];
+			for (i = 1; i < n_watermarks; i++)
+				if (watermarks[i].moved < wm->moved)
+					wm = &watermarks[i];
+			pfree(wm->operation);
+		}
+		wm->operation = MemoryContextStrdup(watermark_context, operation);
+		wm->moved = 0;
+	}
+
+	if (wm->moved == claim_count &&
+		(wm->priority > priority ||
+		 (wm->priority == priority &&
+		  (wm->runafter > runafter ||
+		   (wm->runafter == runafter && wm->id > id)))))
+		return;					/* this claim already took a later job of it */
+	wm->priority = priority;
+	wm->runafter = runafter;
+	wm->id = id;
+	wm->moved = claim_count;
+}
+
+/*
+ * Fills in _claim's after_* arguments (4 to 7) from the watermarks, in the
+ * current memory context.
+ */
+static void
+watermark_args(Datum *args, char *nulls)
+{
+	Datum	   *ops = palloc(sizeof(Datum) * n_watermarks);
+	Datum	   *prios = palloc(sizeof(Datum) * n_watermarks);
+	Datum	   *runafters = palloc(sizeof(Datum) * n_watermarks);
+	Datum	   *ids = palloc(sizeof(Datum) * n_watermarks);
+	int			i;
+
+	for (i = 0; i < n_watermarks; i++)
+	{
+		ops[i] = CStringGetTextDatum(watermarks[i].operation);
+		prios[i] = Int32GetDatum(watermarks[i].priority);
+		runafters[i] = TimestampTzGetDatum(watermarks[i].runafter);
+		ids[i] = Int64GetDatum(watermarks[i].id);
+	}
+	args[3] = PointerGetDatum(construct_array(ops, n_watermarks, TEXTOID,
+											  -1, false, TYPALIGN_INT));
+	args[4] = PointerGetDatum(construct_array(prios, n_watermarks, INT4OID,
+											  sizeof(int32), true, TYPALIGN_INT));
+	args[5] = PointerGetDatum(construct_array(runafters, n_watermarks, TIMESTAMPTZOID,
+											  sizeof(TimestampTz), FLOAT8PASSBYVAL,
+											  TYPALIGN_DOUBLE));
+	args[6] = PointerGetDatum(construct_array(ids, n_watermarks, INT8OID,
+											  sizeof(int64), FLOAT8PASSBYVAL,
+											  TYPALIGN_DOUBLE));
+	memset(nulls + 3, ' ', 4);
+}
+
+/*
+ * Entries of the index that this backend's scans read so far without
+ * finding a visible heap tuple: its pending (not yet reported) counts of
+ * index tuples returned and heap tuples fetched through the index.
+ */
+static int64
+claim_index_misses(Oid indexid)
+{
+	PgStat_TableStatus *stats;
+
+	if (!OidIsValid(indexid))
+		return 0;
+	stats = find_tabstat_entry(indexid);
+	if (stats == NULL)
+		return 0;
+	return stats->t_counts.t_tuples_returned - stats->t_counts.t_tuples_fetched;
+}
+
+/*
+ * After a claim: a full claim decides whether the next claims use the
+ * watermarks, by the entries of job_claim_idx it read for nothing.
+ */
+static void
+watermark_decide(bool full, TimestampTz start, int64 misses, int64 buffers,
+				 int n)
+{
+	int64		limit;
+	bool		expensive;
+
+	ereport(DEBUG2,
+			(errmsg_internal("asyncjobs worker %lld: a claim of %d jobs from %s read %lld entries of gone jobs and touched %lld buffers",
+							 (long long) MyWorkerId, n,
+							 full ? "the start" : "the watermarks",
+							 (long long) misses, (long long) buffers)));
+	if (!full)
+		return;
+	limit = (int64) asyncjobs_claim_watermark_threshold +
+		(int64) asyncjobs_max_workers * asyncjobs_batch_size;
+	expensive = asyncjobs_claim_watermark_threshold > 0 &&
+		(misses > limit ||
+		 (watermark_mode &&
+		  buffers > WATERMARK_LEAVE_BUFFERS + WATERMARK_LEAVE_BUFFERS_PER_JOB * n));
+	if (expensive == watermark_mode)
+		return;
+	watermark_mode = expensive;
+	LWLockAcquire(AsyncJobs->lock, LW_EXCLUSIVE);
+	MySlot->watermark_mode = expensive;
+	MySlot->full_claim_at = start;
+	LWLockRelease(AsyncJobs->lock);
+	if (expensive)
+		ereport(DEBUG1,
+				(errmsg_internal("asyncjobs worker %lld enters claim watermark mode: a claim of %d jobs from the start read %lld entries of gone jobs (limit %lld) and touched %lld buffers",
+								 (long long) MyWorkerId, n, (long long) misses,
+								 (long long) limit, (long long) buffers)));
+	else
+		ereport(DEBUG1,
+				(errmsg_internal("asyncjobs worker %lld leaves claim watermark mode: a claim of %d jobs from the start read %lld entries of gone jobs (limit %lld) and touched %lld buffers (limit %lld)",
+								 (long long) MyWorkerId, n, (long long) misses,
+								 (long long) limit, (long long) buffers,
+								 (long long) (WATERMARK_LEAVE_BUFFERS +
+											  WATERMARK_LEAVE_BUFFERS_PER_JOB * n))));
 }
 
 /*

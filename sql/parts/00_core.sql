@@ -281,15 +281,33 @@ INSERT INTO asyncjobs.status VALUES
 -- max_concurrency: claimers of a capped operation queue on an advisory
 -- lock of that operation until the claim commits, so that each counts the
 -- running jobs the previous one left; it is never exceeded.
+--
+-- Watermarks (after_ops and the parallel after_priority, after_runafter,
+-- after_id; NULL by default): an operation named in after_ops offers only
+-- jobs whose claim key (priority, runafter, asyncoperationid) sorts after
+-- the given one, so that its scan of job_claim_idx starts there instead of
+-- at the operation's first entry.  A background worker passes the key of
+-- the last job it took of each operation while its claims are expensive:
+-- while a transaction holds back the xmin horizon, the entries of every
+-- job done since cannot be marked dead and each scan from the start visits
+-- all of them (src/worker.c, claim_jobs).  Jobs that sort before a
+-- watermark are left for a claim without one.  Operations without a
+-- watermark get the lowest key, which every job sorts after: the row
+-- comparison stays an index condition (a NULL test beside it would not).
+-- priority and runafter are returned for that bookkeeping.
 CREATE FUNCTION asyncjobs._claim(worker bigint, host text, n int,
                                  operations text[] DEFAULT NULL,
                                  external boolean DEFAULT false,
-                                 lease interval DEFAULT NULL)
+                                 lease interval DEFAULT NULL,
+                                 after_ops text[] DEFAULT NULL,
+                                 after_priority int[] DEFAULT NULL,
+                                 after_runafter timestamptz[] DEFAULT NULL,
+                                 after_id bigint[] DEFAULT NULL)
 RETURNS TABLE (asyncoperationid bigint, messagename text, operationtype int,
                ownerid oid, data jsonb, retrycount int, maxretries int,
                handler oid, timeout_ms bigint, retry_delay_ms bigint,
                retry_delay_max_ms bigint, leasetoken uuid,
-               leaseexpires timestamptz)
+               leaseexpires timestamptz, priority int, runafter timestamptz)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 -- the claim touches a handful of rows: never worth compiling
@@ -317,8 +335,12 @@ BEGIN
                     ELSE least(n, t.max_concurrency -
                               (SELECT count(*)::int FROM asyncjobs.job r
                                 WHERE r.messagename = t.name AND r.statecode = 2))
-               END AS room
+               END AS room,
+               coalesce(after_priority[w.k], '-2147483648'::int) AS after_p,
+               coalesce(after_runafter[w.k], '-infinity'::timestamptz) AS after_r,
+               coalesce(after_id[w.k], '-9223372036854775808'::bigint) AS after_i
           FROM asyncjobs.operation_type t
+         CROSS JOIN LATERAL (SELECT array_position(after_ops, t.name) AS k) w
          WHERE NOT t.paused
            AND (t.handler IS NOT NULL OR t.builtin) <> external
            AND (operations IS NULL OR t.name = ANY (operations))
@@ -330,6 +352,8 @@ BEGIN
               FROM asyncjobs.job j
              WHERE j.messagename = t.name
                AND j.statuscode IN (0, 10, 11)
+               AND (j.priority, j.runafter, j.asyncoperationid)
+                   > (t.after_p, t.after_r, t.after_i)
                AND j.runafter <= now()
                AND (j.dependencytoken IS NULL OR NOT EXISTS (
                         SELECT 1 FROM asyncjobs.job d
@@ -373,10 +397,11 @@ BEGIN
                   (extract(epoch FROM t.timeout) * 1000)::bigint AS timeout_ms,
                   (extract(epoch FROM t.retry_delay) * 1000)::bigint AS delay_ms,
                   (extract(epoch FROM t.retry_delay_max) * 1000)::bigint AS delay_max_ms,
-                  j.leasetoken, j.leaseexpires)
+                  j.leasetoken, j.leaseexpires, j.priority, j.runafter)
     SELECT k.asyncoperationid, k.messagename, k.operationtype, k.ownerid,
            k.data, k.retrycount, k.maxretries, k.handler, k.timeout_ms,
-           k.delay_ms, k.delay_max_ms, k.leasetoken, k.leaseexpires
+           k.delay_ms, k.delay_max_ms, k.leasetoken, k.leaseexpires,
+           k.priority, k.runafter
       FROM taken k
      ORDER BY array_position(ids, k.asyncoperationid);
 END
