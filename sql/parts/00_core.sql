@@ -320,6 +320,7 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     ids bigint[];
+    tids tid[];
 BEGIN
     PERFORM pg_advisory_xact_lock(1634364018, hashtext(t.name))
        FROM asyncjobs.operation_type t
@@ -345,10 +346,10 @@ BEGIN
            AND (t.handler IS NOT NULL OR t.builtin) <> external
            AND (operations IS NULL OR t.name = ANY (operations))
     ), offered AS (
-        SELECT o.asyncoperationid, o.priority, o.runafter, o.messagename
+        SELECT o.asyncoperationid, o.priority, o.runafter, o.messagename, o.ctid
           FROM types t
          CROSS JOIN LATERAL (
-            SELECT j.asyncoperationid, j.priority, j.runafter, j.messagename
+            SELECT j.asyncoperationid, j.priority, j.runafter, j.messagename, j.ctid
               FROM asyncjobs.job j
              WHERE j.messagename = t.name
                AND j.statuscode IN (0, 10, 11)
@@ -364,8 +365,9 @@ BEGIN
                FOR UPDATE OF j SKIP LOCKED) o
     )
     SELECT coalesce(array_agg(f.asyncoperationid
-                              ORDER BY f.priority, f.rn, f.runafter, f.asyncoperationid), '{}')
-      INTO ids
+                              ORDER BY f.priority, f.rn, f.runafter, f.asyncoperationid), '{}'),
+           array_agg(f.ctid)
+      INTO ids, tids
       FROM (SELECT w.*
               FROM (SELECT o.*, row_number() OVER (PARTITION BY o.messagename
                                                    ORDER BY o.priority, o.runafter,
@@ -378,7 +380,8 @@ BEGIN
         RETURN;
     END IF;
 
-    -- found by primary key, returned in claim order
+    -- found by their tuple ids (the rows are locked: none can move), returned
+    -- in claim order
     RETURN QUERY
     WITH taken AS (
         UPDATE asyncjobs.job j
@@ -389,7 +392,7 @@ BEGIN
                leasetoken = CASE WHEN external THEN gen_random_uuid() END,
                leaseexpires = CASE WHEN external THEN now() + lease END
           FROM asyncjobs.operation_type t
-         WHERE j.asyncoperationid = ANY (ids)
+         WHERE j.ctid = ANY (tids)
            AND t.name = j.messagename
         RETURNING j.asyncoperationid, j.messagename, j.operationtype,
                   j.ownerid::oid AS ownerid, j.data, j.retrycount, j.maxretries,
