@@ -112,6 +112,8 @@ static void job_table_changed(Datum arg, Oid relid);
  */
 static Oid	job_relid = InvalidOid;
 static bool extension_check_needed = false;
+/* job_claim_idx, looked up at the first claim after the job table changed */
+static Oid	claim_index_relid = InvalidOid;
 static int	claim_jobs(AsyncJob **jobs, int limit);
 static int	claim_or_exit(AsyncJob **jobs, int limit);
 static void run_claimed(AsyncJob *job, uint32 batch_seq);
@@ -197,7 +199,6 @@ static MemoryContext watermark_context = NULL;
 static ClaimWatermark watermarks[MAX_WATERMARKS];
 static int	n_watermarks = 0;
 static uint64 claim_count = 0;
-static bool watermark_mode = false;
 
 static bool full_claim_due(TimestampTz now);
 static int64 claim_index_misses(Oid indexid);
@@ -433,7 +434,10 @@ static void
 job_table_changed(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == job_relid)
+	{
 		extension_check_needed = true;
+		claim_index_relid = InvalidOid;
+	}
 }
 
 SPIPlanPtr
@@ -563,12 +567,14 @@ claim_jobs(AsyncJob **jobs, int limit)
 
 	/* from the watermarks while claims are expensive; from the start when due */
 	start = GetCurrentTimestamp();
-	full = !watermark_mode || n_watermarks == 0 || full_claim_due(start);
+	full = !MySlot->watermark_mode || n_watermarks == 0 || full_claim_due(start);
 	if (!full)
 		watermark_args(args, nulls);
 
-	claim_index = get_relname_relid("job_claim_idx",
-									get_namespace_oid(ASYNCJOBS_SCHEMA, true));
+	if (!OidIsValid(claim_index_relid))
+		claim_index_relid = get_relname_relid("job_claim_idx",
+											  get_namespace_oid(ASYNCJOBS_SCHEMA, true));
+	claim_index = claim_index_relid;
 	misses = claim_index_misses(claim_index);
 	buffers = pgBufferUsage.shared_blks_hit + pgBufferUsage.shared_blks_read;
 	rc = SPI_execute_plan(claim_plan, args, nulls, false, 0);
@@ -789,11 +795,11 @@ watermark_decide(bool full, TimestampTz start, int64 misses, int64 buffers,
 		(int64) asyncjobs_max_workers * asyncjobs_batch_size;
 	expensive = asyncjobs_claim_watermark_threshold > 0 &&
 		(misses > limit ||
-		 (watermark_mode &&
+		 (MySlot->watermark_mode &&
 		  buffers > WATERMARK_LEAVE_BUFFERS + WATERMARK_LEAVE_BUFFERS_PER_JOB * n));
-	if (expensive == watermark_mode)
+	/* only this worker writes its slot's watermark_mode: read without the lock */
+	if (expensive == MySlot->watermark_mode)
 		return;
-	watermark_mode = expensive;
 	LWLockAcquire(AsyncJobs->lock, LW_EXCLUSIVE);
 	MySlot->watermark_mode = expensive;
 	MySlot->full_claim_at = start;
