@@ -27,6 +27,7 @@
 #include "datatype/timestamp.h"
 #include "port/atomics.h"
 #include "storage/condition_variable.h"
+#include "storage/itemptr.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "utils/jsonb.h"
@@ -220,6 +221,7 @@ typedef struct AsyncJob
 	int64		retry_delay_ms;
 	int64		retry_delay_max_ms;
 	uint32		control_seq;	/* slot's control_seq when state was known */
+	ItemPointerData tid;		/* its row version as claimed (worker.c) */
 } AsyncJob;
 
 /* What happened when a job ran */

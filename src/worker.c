@@ -613,6 +613,15 @@ claim_jobs(AsyncJob **jobs, int limit)
 		job->retry_delay_max_ms = get_int64(tup, desc, 11, 3600 * 1000);
 		keys[i].priority = (int32) get_int64(tup, desc, 14, 0);
 		keys[i].runafter = (TimestampTz) get_int64(tup, desc, 15, 0);
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(tup, desc, 16, &isnull);
+
+			if (isnull)
+				ItemPointerSetInvalid(&job->tid);
+			else
+				ItemPointerCopy((ItemPointer) DatumGetPointer(d), &job->tid);
+		}
 	}
 	MemoryContextSwitchTo(oldcxt);
 
@@ -965,10 +974,11 @@ flush_deferred(void)
 	Datum	   *ends = palloc(sizeof(Datum) * ndeferred);
 	Datum	   *spans = palloc(sizeof(Datum) * ndeferred);
 	Datum	   *attempts = palloc(sizeof(Datum) * ndeferred);
+	Datum	   *tids = palloc(sizeof(Datum) * ndeferred);
 	bool	   *written = palloc0(sizeof(bool) * ndeferred);
 	int			dims[1] = {ndeferred};
 	int			lbs[1] = {1};
-	Datum		args[6];
+	Datum		args[7];
 	int			rc;
 	int			i;
 	bool		ok = true;
@@ -984,6 +994,7 @@ flush_deferred(void)
 		ends[i] = TimestampTzGetDatum(d->ended);
 		spans[i] = Float8GetDatum(d->timespan);
 		attempts[i] = CStringGetTextDatum(d->attempt);
+		tids[i] = PointerGetDatum(&d->job->tid);
 	}
 	args[0] = PointerGetDatum(construct_array(ids, ndeferred, INT8OID, 8,
 											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
@@ -997,6 +1008,9 @@ flush_deferred(void)
 											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	args[5] = PointerGetDatum(construct_array(attempts, ndeferred, TEXTOID, -1,
 											  false, TYPALIGN_INT));
+	args[6] = PointerGetDatum(construct_array(tids, ndeferred, TIDOID,
+											  sizeof(ItemPointerData), false,
+											  TYPALIGN_SHORT));
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -1006,17 +1020,24 @@ flush_deferred(void)
 
 	if (flush_plan == NULL)
 	{
-		Oid			types[6] = {INT8ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
-		TIMESTAMPTZARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID};
+		Oid			types[7] = {INT8ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
+		TIMESTAMPTZARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID, TIDARRAYOID};
 
 		/*
 		 * finish_direct_plan for many jobs that succeeded (keep the two
-		 * alike): the rows found by primary key; each takes its outcome
-		 * from the arrays at its id's position.
+		 * alike): each takes its outcome from the arrays at its id's
+		 * position.  The rows are found by the tuple ids the claim
+		 * returned (a Tid Scan), not by a search of the primary key per
+		 * job.  A row that changed since (a cancel or pause) is at another
+		 * tuple id and fails the statuscode test anyway; the id test keeps
+		 * a tuple id that came to hold another row (VACUUM FULL between
+		 * claim and batch) from matching.  A row not found here gets its
+		 * outcome by id, on its own (below), as a recurring job does.
 		 */
 		flush_plan = asyncjobs_prepare_kept(
 			"WITH d AS (DELETE FROM asyncjobs.job j "
-			"       WHERE j.asyncoperationid OPERATOR(pg_catalog.=) ANY ($1) "
+			"       WHERE j.ctid OPERATOR(pg_catalog.=) ANY ($7) "
+			"         AND j.asyncoperationid OPERATOR(pg_catalog.=) ANY ($1) "
 			"         AND j.statuscode OPERATOR(pg_catalog.=) 20 "
 			"         AND j.recurrencepattern IS NULL "
 			"      RETURNING j.*, pg_catalog.array_position($1, j.asyncoperationid) AS i) "
@@ -1032,7 +1053,7 @@ flush_deferred(void)
 			"  d.attempts OPERATOR(pg_catalog.||) $6[d.i]::pg_catalog.jsonb "
 			"FROM d RETURNING asyncoperationid, messagename, ownerid::pg_catalog.oid, "
 			"  executiontimespan",
-			6, types);
+			7, types);
 	}
 
 	rc = SPI_execute_plan(flush_plan, args, NULL, false, 0);

@@ -294,7 +294,9 @@ INSERT INTO asyncjobs.status VALUES
 -- watermark are left for a claim without one.  Operations without a
 -- watermark get the lowest key, which every job sorts after: the row
 -- comparison stays an index condition (a NULL test beside it would not).
--- priority and runafter are returned for that bookkeeping.
+-- priority and runafter are returned for that bookkeeping.  tuple_id is
+-- where each job's claimed row version lies: the worker's outcome statement
+-- finds the rows by it (a Tid Scan) instead of searching the primary key.
 CREATE FUNCTION asyncjobs._claim(worker bigint, host text, n int,
                                  operations text[] DEFAULT NULL,
                                  external boolean DEFAULT false,
@@ -307,7 +309,8 @@ RETURNS TABLE (asyncoperationid bigint, messagename text, operationtype int,
                ownerid oid, data jsonb, retrycount int, maxretries int,
                handler oid, timeout_ms bigint, retry_delay_ms bigint,
                retry_delay_max_ms bigint, leasetoken uuid,
-               leaseexpires timestamptz, priority int, runafter timestamptz)
+               leaseexpires timestamptz, priority int, runafter timestamptz,
+               tuple_id tid)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 -- the claim touches a handful of rows: never worth compiling
@@ -400,11 +403,12 @@ BEGIN
                   (extract(epoch FROM t.timeout) * 1000)::bigint AS timeout_ms,
                   (extract(epoch FROM t.retry_delay) * 1000)::bigint AS delay_ms,
                   (extract(epoch FROM t.retry_delay_max) * 1000)::bigint AS delay_max_ms,
-                  j.leasetoken, j.leaseexpires, j.priority, j.runafter)
+                  j.leasetoken, j.leaseexpires, j.priority, j.runafter,
+                  j.ctid)
     SELECT k.asyncoperationid, k.messagename, k.operationtype, k.ownerid,
            k.data, k.retrycount, k.maxretries, k.handler, k.timeout_ms,
            k.delay_ms, k.delay_max_ms, k.leasetoken, k.leaseexpires,
-           k.priority, k.runafter
+           k.priority, k.runafter, k.ctid
       FROM taken k
      ORDER BY array_position(ids, k.asyncoperationid);
 END

@@ -259,5 +259,34 @@ is( $node->safe_psql(
 is($node->safe_psql('postgres', "SELECT work_mem FROM seen WHERE k = 'wait'"),
 	'30', 'wait() in the later job returned Succeeded for the earlier one');
 
+# --- a job whose row moved after its claim -----------------------------------
+# The outcome statement finds the batch's rows by the tuple ids the claim
+# returned.  A row that got a new version meanwhile, still InProgress (here
+# the job itself updates its row), is not there: its outcome is written by
+# id instead, in the same batch, and the batch is not run again.
+$node->safe_psql('postgres',
+	q{SELECT count(asyncjobs.enqueue('effect', jsonb_build_object('n', g, 'sleep', 0))) FROM generate_series(4001, 4020) g});
+ok($node->wait_for_jobs('postgres', "messagename = 'effect'", 60), 'short jobs ran once more');
+pause_pool();
+my $redone_before = () = $node->log_since(0) =~ /runs a batch of \d+ jobs again/g;
+my ($mover, $after_mover) = split /\n/, $node->safe_psql('postgres', q{
+	BEGIN;
+	SELECT asyncjobs.enqueue_sql('UPDATE asyncjobs.job SET modifiedon = clock_timestamp() WHERE asyncoperationid = asyncjobs.current_job()');
+	SELECT asyncjobs.enqueue('effect', '{"n": 5001, "sleep": 0}');
+	COMMIT;
+});
+resume_pool();
+is($node->wait_for_job('postgres', $mover, 30), 30, 'the job that moved its row Succeeded');
+is($node->wait_for_job('postgres', $after_mover, 30), 30, 'the next job of its batch Succeeded');
+is( $node->safe_psql(
+		'postgres',
+		"SELECT count(*) || ' ' || count(DISTINCT $commit_of) FROM asyncjobs.job_history h "
+		  . "WHERE asyncoperationid IN ($mover, $after_mover)"),
+	'2 1', 'both are in history once, written by one commit');
+is($node->safe_psql('postgres', "SELECT count(*) FROM asyncjobs.job WHERE asyncoperationid = $mover"),
+	'0', 'the moved row left the active table');
+my $redone_after = () = $node->log_since(0) =~ /runs a batch of \d+ jobs again/g;
+is($redone_after, $redone_before, 'the batch was not run again');
+
 $node->stop;
 done_testing();
