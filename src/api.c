@@ -2104,8 +2104,12 @@ asyncjobs_wait(PG_FUNCTION_ARGS)
 		}
 		if (status >= AJ_STATUS_SUCCEEDED)
 			break;
-		/* called by a job: one that ran before it in its batch is done */
-		if (status == AJ_STATUS_IN_PROGRESS && asyncjobs_current_job_id != 0)
+		/*
+		 * called by a job: one that ran before it in its batch is done (it
+		 * looks InProgress, or waiting in a fused batch, until the batch
+		 * commits)
+		 */
+		if (asyncjobs_current_job_id != 0)
 		{
 			int			deferred = asyncjobs_deferred_status(job);
 

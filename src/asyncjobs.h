@@ -78,6 +78,7 @@ extern int	asyncjobs_batch_size;
 extern int	asyncjobs_batch_max_age;
 extern int	asyncjobs_claim_watermark_threshold;
 extern bool asyncjobs_enabled;
+extern bool asyncjobs_fused_batches;
 extern int	asyncjobs_launcher_naptime;
 extern int	asyncjobs_max_depth;
 extern char *asyncjobs_retention_succeeded;
@@ -222,6 +223,8 @@ typedef struct AsyncJob
 	int64		retry_delay_max_ms;
 	uint32		control_seq;	/* slot's control_seq when state was known */
 	ItemPointerData tid;		/* its row version as claimed (worker.c) */
+	bool		fused;			/* claimed by a fused claim: locked, not
+								 * InProgress, run in the claim's transaction */
 } AsyncJob;
 
 /* What happened when a job ran */
@@ -237,7 +240,14 @@ typedef struct AsyncJobOutcome
 	char	   *context;
 	TimestampTz started;
 	TimestampTz ended;
+	bool		yielded;		/* a fused job stopped at its time limit: it
+								 * is to run again on its own (executor.c) */
 } AsyncJobOutcome;
+
+/* how long a job of a fused batch may run before it yields (ms) */
+#define AJ_FUSED_JOB_MIN_MS		20
+#define AJ_FUSED_JOB_LIMIT_MS \
+	Max(asyncjobs_batch_max_age, AJ_FUSED_JOB_MIN_MS)
 
 extern void asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome);
 extern bool asyncjobs_record_outcome(AsyncJob *job, AsyncJobOutcome *outcome);
@@ -251,7 +261,7 @@ extern void asyncjobs_run_bulk_delete(AsyncJob *job, MemoryContext cxt);
 
 /* ---- claims a crash could undo (inflight.c) ---- */
 extern void asyncjobs_inflight_open(int64 worker_id);
-extern void asyncjobs_inflight_record(AsyncJob *jobs, int n);
+extern void asyncjobs_inflight_record(AsyncJob *jobs, int n, bool fused);
 extern void asyncjobs_inflight_clear(void);
 extern void asyncjobs_inflight_remove(void);
 extern void asyncjobs_inflight_recover(void);

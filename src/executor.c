@@ -79,6 +79,7 @@ asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome)
 	int			save_sec_context;
 	int			save_nestlevel;
 	volatile bool held = false;
+	bool		fused_limit;
 
 	memset(outcome, 0, sizeof(AsyncJobOutcome));
 	call_context = NULL;
@@ -86,8 +87,17 @@ asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome)
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	save_nestlevel = asyncjobs_enter_job_settings();
 
+	/*
+	 * A job of a fused batch holds its row, and those of the batch's other
+	 * jobs, locked while they look waiting: it may run AJ_FUSED_JOB_LIMIT_MS
+	 * at most, then yields (below) to run again on its own.
+	 */
+	fused_limit = job->fused &&
+		(job->timeout_ms <= 0 || job->timeout_ms > AJ_FUSED_JOB_LIMIT_MS);
 	outcome->started = GetCurrentTimestamp();
-	if (job->timeout_ms > 0)
+	if (fused_limit)
+		enable_timeout_after(STATEMENT_TIMEOUT, AJ_FUSED_JOB_LIMIT_MS);
+	else if (job->timeout_ms > 0)
 		enable_timeout_after(STATEMENT_TIMEOUT,
 							 (int) Min(job->timeout_ms, (int64) INT_MAX));
 
@@ -209,6 +219,16 @@ asyncjobs_run_job(AsyncJob *job, AsyncJobOutcome *outcome)
 	PG_END_TRY();
 
 	outcome->ended = GetCurrentTimestamp();
+
+	/*
+	 * Canceled once its fused time limit was up: the limit's timer did it
+	 * (nobody can cancel a job of a fused batch: its row is locked and not
+	 * InProgress).  Not a failure: the job yields.
+	 */
+	if (fused_limit && !outcome->succeeded &&
+		outcome->sqlerrcode == ERRCODE_QUERY_CANCELED &&
+		outcome->ended - outcome->started >= (int64) AJ_FUSED_JOB_LIMIT_MS * 1000)
+		outcome->yielded = true;
 
 	/*
 	 * Stop the job's timer.  Had it fired after the job finished, the

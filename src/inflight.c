@@ -25,6 +25,12 @@
  * files once that committed.  The files of live workers are left alone;
  * those of databases that were dropped are removed.
  *
+ * A fused batch (worker.c) claims its jobs by locking them only, in the
+ * transaction that runs them: a crash, or the exit of its worker, rolls the
+ * claim back with everything else, and the jobs wait again with their
+ * retrycount unchanged.  The file is written before its first job runs and
+ * is the same record of the jobs' loss.
+ *
  * Copyright (c) 2026, the asyncjobs authors
  *
  *-------------------------------------------------------------------------
@@ -68,6 +74,7 @@ typedef struct InflightEntry
 static int	inflight_fd = -1;
 static char inflight_path[MAXPGPATH];
 static bool inflight_dirty = false;
+static bool inflight_fused = false;
 static char *inflight_buf = NULL;
 static Size inflight_bufsize = 0;
 
@@ -96,10 +103,11 @@ asyncjobs_inflight_open(int64 worker_id)
 }
 
 /*
- * Records the jobs of a claim that is about to commit.
+ * Records the jobs of a claim that is about to commit, or of a fused claim
+ * (jobs locked, not InProgress) before its jobs run.
  */
 void
-asyncjobs_inflight_record(AsyncJob *jobs, int n)
+asyncjobs_inflight_record(AsyncJob *jobs, int n, bool fused)
 {
 	Size		len = sizeof(InflightHeader) + sizeof(InflightEntry) * n;
 	InflightHeader *hdr;
@@ -129,6 +137,7 @@ asyncjobs_inflight_record(AsyncJob *jobs, int n)
 	}
 	inflight_write(inflight_buf, len);
 	inflight_dirty = true;
+	inflight_fused = fused;
 }
 
 /*
@@ -148,11 +157,18 @@ asyncjobs_inflight_clear(void)
 	hdr.worker_id = MySlot ? MySlot->worker_id : 0;
 	inflight_write((char *) &hdr, sizeof(hdr));
 	inflight_dirty = false;
+	inflight_fused = false;
 }
 
 /*
  * At a worker's exit: its claims are in the WAL that survives it (the
- * server goes on), so its file is of no more use.
+ * server goes on), and the jobs of a committed claim that it held are
+ * requeued as orphans (asyncjobs._requeue_orphans), so its file is of no
+ * more use.  Except in the middle of a fused batch: the exit rolls the
+ * batch back, and its jobs are waiting again as if never claimed.  The
+ * file is left for the next worker to count their loss (a job that makes
+ * its worker exit must not run forever), unless the worker was asked to
+ * stop (the pool shrank, its database goes away): then nothing was lost.
  */
 void
 asyncjobs_inflight_remove(void)
@@ -161,7 +177,10 @@ asyncjobs_inflight_remove(void)
 		return;
 	close(inflight_fd);
 	inflight_fd = -1;
-	(void) unlink(inflight_path);
+	if (!(inflight_dirty && inflight_fused && MySlot != NULL &&
+		  MySlot->exit_reason != EXIT_SURPLUS &&
+		  MySlot->exit_reason != EXIT_SHUTDOWN))
+		(void) unlink(inflight_path);
 }
 
 static void

@@ -32,6 +32,7 @@ int			asyncjobs_batch_size = 100;
 int			asyncjobs_batch_max_age = 50;
 int			asyncjobs_claim_watermark_threshold = 10000;
 bool		asyncjobs_enabled = true;
+bool		asyncjobs_fused_batches = true;
 int			asyncjobs_launcher_naptime = 10000;
 int			asyncjobs_max_depth = 8;
 char	   *asyncjobs_retention_succeeded = NULL;
@@ -143,6 +144,21 @@ _PG_init(void)
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("asyncjobs.fused_batches",
+							 "Runs short jobs in the transaction that claims them.",
+							 "A worker whose jobs run shorter than 20 ms claims the next ones "
+							 "by locking their rows only, runs them and commits their "
+							 "outcomes in that one transaction: they are not marked "
+							 "InProgress meanwhile, and a job of such a batch that runs "
+							 "longer than asyncjobs.batch_max_age (at least 20 ms) is "
+							 "stopped, undone and run again on its own. Never while an "
+							 "operation with max_concurrency is registered.",
+							 &asyncjobs_fused_batches,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomIntVariable("asyncjobs.claim_watermark_threshold",
 							"Index entries of gone jobs a claim may read before the worker's claims start after the last jobs it took.",

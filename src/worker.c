@@ -114,9 +114,24 @@ static Oid	job_relid = InvalidOid;
 static bool extension_check_needed = false;
 /* job_claim_idx, looked up at the first claim after the job table changed */
 static Oid	claim_index_relid = InvalidOid;
-static int	claim_jobs(AsyncJob **jobs, int limit);
-static int	claim_or_exit(AsyncJob **jobs, int limit);
-static void run_claimed(AsyncJob *job, uint32 batch_seq);
+
+/* what became of a claimed job (run_claimed) */
+typedef enum RunResult
+{
+	RUN_DONE,					/* it ran (or its cancel or pause was applied) */
+	RUN_RELEASED,				/* not run: its fused batch committed first,
+								 * the job is waiting again */
+	RUN_CLASSIC					/* not run, or run too long and undone, in a
+								 * fused batch: claim it the usual way next */
+} RunResult;
+
+/* the next claim is not to be fused (see the worker's loop) */
+static bool classic_next = false;
+
+static int	claim_jobs(AsyncJob **jobs, int limit, bool fused);
+static int	claim_or_exit(AsyncJob **jobs, int limit, bool fused);
+static RunResult run_claimed(AsyncJob *job, uint32 batch_seq);
+static void batch_adopt_claim(void);
 static bool record_or_defer(AsyncJob *job, AsyncJobOutcome *outcome);
 static bool flush_deferred(void);
 static void finish_job_run(void);
@@ -295,6 +310,8 @@ asyncjobs_worker_main(Datum main_arg)
 		{
 			MySlot->requeue_pending = false;
 			pg_memory_barrier();
+			/* it may have died in a fused batch: see inflight.c */
+			asyncjobs_inflight_recover();
 			(void) run_maintenance(REQUEUE_SQL);
 		}
 
@@ -303,6 +320,7 @@ asyncjobs_worker_main(Datum main_arg)
 			AsyncJob   *jobs;
 			int			i;
 			uint32		batch_seq;
+			bool		fused;
 
 			/* mark ourselves as looking before the claim takes its snapshot */
 			MySlot->state = SLOT_CLAIMING;
@@ -311,23 +329,48 @@ asyncjobs_worker_main(Datum main_arg)
 			MemoryContextReset(batch_context);
 			claim_size = Min(claim_size, asyncjobs_batch_size);
 			batch_seq = pg_atomic_read_u32(&MySlot->control_seq);
-			n = claim_or_exit(&jobs, claim_size);
+
+			/*
+			 * Fused, while jobs run short: the claim only locks the jobs, and
+			 * they run in its transaction (see claim_jobs).
+			 */
+			fused = asyncjobs_fused_batches && asyncjobs_batch_max_age > 0 &&
+				claim_size > 1 && !classic_next;
+			classic_next = false;
+			n = claim_or_exit(&jobs, claim_size, fused);
 			if (n > 0)
 			{
 				TimestampTz batch_start = GetCurrentTimestamp();
+				int			ran = 0;
+				RunResult	res = RUN_DONE;
 
 				MySlot->state = SLOT_RUNNING;
 				/* a full batch suggests more work: share it */
 				if (n == claim_size)
 					asyncjobs_wake_database(MyDatabaseId, 1);
 				for (i = 0; i < n; i++)
-					run_claimed(&jobs[i], batch_seq);
+				{
+					res = run_claimed(&jobs[i], batch_seq);
+					if (res != RUN_DONE)
+						break;
+					ran++;
+				}
 				batch_commit();
-				/* every job of the claim has its outcome committed */
+				/* every job of the claim has its outcome committed, or is free */
 				asyncjobs_inflight_clear();
 
+				/*
+				 * A fused batch that stopped early left its other jobs waiting:
+				 * a job that ran too long, a bulk delete or a cancel asks for a
+				 * claim that marks it InProgress next.
+				 */
+				if (res == RUN_CLASSIC)
+					classic_next = true;
+				if (res == RUN_CLASSIC && ran == 0)
+					claim_size = 1;
+				else
 				{
-					int64		avg_us = (GetCurrentTimestamp() - batch_start) / n;
+					int64		avg_us = (GetCurrentTimestamp() - batch_start) / Max(ran, 1);
 
 					if (avg_us < SHORT_JOB_US)
 					{
@@ -347,6 +390,7 @@ asyncjobs_worker_main(Datum main_arg)
 		now = GetCurrentTimestamp();
 		if (TimestampDifferenceExceeds(last_orphan_check, now, ORPHAN_CHECK_MS))
 		{
+			asyncjobs_inflight_recover();
 			(void) run_maintenance(REQUEUE_SQL);
 			/* backlog samples and rollup compaction (85_monitoring.sql) */
 			(void) run_maintenance("SELECT asyncjobs._monitor_tick()");
@@ -482,13 +526,13 @@ get_int64(HeapTuple tup, TupleDesc desc, int col, int64 dflt)
  * dropped (its functions are gone) ends the worker quietly.
  */
 static int
-claim_or_exit(AsyncJob **jobs, int limit)
+claim_or_exit(AsyncJob **jobs, int limit, bool fused)
 {
 	volatile int n = 0;
 
 	PG_TRY();
 	{
-		n = claim_jobs(jobs, limit);
+		n = claim_jobs(jobs, limit, fused);
 	}
 	PG_CATCH();
 	{
@@ -512,12 +556,24 @@ claim_or_exit(AsyncJob **jobs, int limit)
 /*
  * Claims up to "limit" due jobs and commits them as InProgress.  The jobs
  * are copied into batch_context.
+ *
+ * Or, if "fused" and asyncjobs._claim agrees (no operation with
+ * max_concurrency among those claimed), a fused claim: the jobs are locked,
+ * not changed, and the claim's transaction stays open as the batch that
+ * runs them (run_claimed) and commits their outcomes (batch_commit).  That
+ * saves each job an UPDATE, and the claim a commit.  Meanwhile the jobs
+ * look waiting to everyone else; other workers skip them (SKIP LOCKED),
+ * and a cancel or pause waits for the batch, then finds the job done.  The
+ * batch's jobs are run in it, or not at all: once it commits (by size or
+ * age) the others are free again (RUN_RELEASED).
  */
 static int
-claim_jobs(AsyncJob **jobs, int limit)
+claim_jobs(AsyncJob **jobs, int limit, bool fused)
 {
-	Datum		args[7];
-	char		nulls[7] = {' ', ' ', ' ', 'n', 'n', 'n', 'n'};
+	Datum		args[8];
+	char		nulls[8] = {' ', ' ', ' ', 'n', 'n', 'n', 'n', ' '};
+	bool		claim_fused = false;
+	MemoryContext callercxt = CurrentMemoryContext; /* not a transaction's */
 	int			rc;
 	int			n;
 	int			i;
@@ -552,18 +608,20 @@ claim_jobs(AsyncJob **jobs, int limit)
 
 	if (claim_plan == NULL)
 	{
-		Oid			types[7] = {INT8OID, TEXTOID, INT4OID, TEXTARRAYOID,
-		INT4ARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
+		Oid			types[8] = {INT8OID, TEXTOID, INT4OID, TEXTARRAYOID,
+		INT4ARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID, BOOLOID};
 
 		claim_plan = asyncjobs_prepare_kept("SELECT * FROM asyncjobs._claim($1, $2, $3, "
 											"after_ops => $4, after_priority => $5, "
-											"after_runafter => $6, after_id => $7)",
-											7, types);
+											"after_runafter => $6, after_id => $7, "
+											"lock_only => $8)",
+											8, types);
 	}
 
 	args[0] = Int64GetDatum(MyWorkerId);
 	args[1] = CStringGetTextDatum(MyHostId);
 	args[2] = Int32GetDatum(limit);
+	args[7] = BoolGetDatum(fused);
 
 	/* from the watermarks while claims are expensive; from the start when due */
 	start = GetCurrentTimestamp();
@@ -621,6 +679,9 @@ claim_jobs(AsyncJob **jobs, int limit)
 				ItemPointerSetInvalid(&job->tid);
 			else
 				ItemPointerCopy((ItemPointer) DatumGetPointer(d), &job->tid);
+			d = SPI_getbinval(tup, desc, 17, &isnull);
+			job->fused = !isnull && DatumGetBool(d);
+			claim_fused = job->fused;
 		}
 	}
 	MemoryContextSwitchTo(oldcxt);
@@ -628,20 +689,31 @@ claim_jobs(AsyncJob **jobs, int limit)
 	PopActiveSnapshot();
 	SPI_finish();
 
-	/*
-	 * The claim commits without waiting for its WAL to reach the disk: the
-	 * jobs' outcomes commit later in a transaction that does wait, and that
-	 * flush covers this commit too.  A crash before then undoes the claim
-	 * along with the jobs' effects; the file written here lets the next
-	 * worker count the jobs' loss all the same (inflight.c).
-	 */
-	if (n > 0)
+	if (claim_fused)
 	{
-		asyncjobs_inflight_record(*jobs, n);
-		(void) set_config_option("synchronous_commit", "off", PGC_SUSET,
-								 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+		/* the batch that runs the jobs; the file as for a claim (inflight.c) */
+		asyncjobs_inflight_record(*jobs, n, true);
+		batch_adopt_claim();
+		/* out of the transaction's memory, as after a commit */
+		MemoryContextSwitchTo(callercxt);
 	}
-	CommitTransactionCommand();
+	else
+	{
+		/*
+		 * The claim commits without waiting for its WAL to reach the disk:
+		 * the jobs' outcomes commit later in a transaction that does wait,
+		 * and that flush covers this commit too.  A crash before then undoes
+		 * the claim along with the jobs' effects; the file written here lets
+		 * the next worker count the jobs' loss all the same (inflight.c).
+		 */
+		if (n > 0)
+		{
+			asyncjobs_inflight_record(*jobs, n, false);
+			(void) set_config_option("synchronous_commit", "off", PGC_SUSET,
+									 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+		}
+		CommitTransactionCommand();
+	}
 	debug_query_string = NULL;
 
 	/* the jobs are ours: move the watermarks past them */
@@ -842,6 +914,21 @@ watermark_decide(bool full, TimestampTz start, int64 misses, int64 buffers,
 static bool batch_open = false;
 static TimestampTz batch_opened = 0;
 static int	batch_jobs = 0;
+static bool batch_fused = false;	/* the open batch is a fused claim's */
+
+/*
+ * The open transaction, that of a fused claim, becomes the batch that runs
+ * its jobs (see claim_jobs).
+ */
+static void
+batch_adopt_claim(void)
+{
+	Assert(!batch_open);
+	batch_open = true;
+	batch_fused = true;
+	batch_opened = GetCurrentTimestamp();
+	asyncjobs_rollup_buffer(true);
+}
 
 /*
  * The jobs whose effects are in the open batch, in the order they ran: if
@@ -907,6 +994,30 @@ batch_commit(void)
 		int			nredo = batch_nmembers;
 		int			i;
 
+		if (batch_fused)
+		{
+			/*
+			 * A fused batch cannot be run again: rolled back, it no longer holds
+			 * its jobs.  Nobody can cancel a job of it either (its row is
+			 * locked); only a job that changed its own row can get here.  The
+			 * jobs are waiting again, their effects undone.
+			 */
+			ereport(WARNING,
+					(errmsg("asyncjobs worker rolled back a fused batch of %d jobs",
+							batch_nmembers),
+					 errdetail("A job of the batch changed or removed its own row in asyncjobs.job; the jobs wait to run again.")));
+			AbortCurrentTransaction();
+			asyncjobs_rollup_buffer(false);
+			batch_open = false;
+			batch_fused = false;
+			batch_jobs = 0;
+			batch_nmembers = 0;
+			ndeferred = 0;
+			debug_query_string = NULL;
+			MemoryContextSwitchTo(oldcxt);
+			return;
+		}
+
 		/*
 		 * A job of the batch was canceled or paused after it ran: roll the
 		 * whole batch back and run its jobs again, each one writing its
@@ -947,6 +1058,7 @@ batch_commit(void)
 	asyncjobs_rollup_buffer(false);
 	CommitTransactionCommand();
 	batch_open = false;
+	batch_fused = false;
 	batch_nmembers = 0;
 	debug_query_string = NULL;
 
@@ -978,7 +1090,7 @@ flush_deferred(void)
 	bool	   *written = palloc0(sizeof(bool) * ndeferred);
 	int			dims[1] = {ndeferred};
 	int			lbs[1] = {1};
-	Datum		args[7];
+	Datum		args[9];
 	int			rc;
 	int			i;
 	bool		ok = true;
@@ -1011,6 +1123,8 @@ flush_deferred(void)
 	args[6] = PointerGetDatum(construct_array(tids, ndeferred, TIDOID,
 											  sizeof(ItemPointerData), false,
 											  TYPALIGN_SHORT));
+	args[7] = BoolGetDatum(batch_fused);
+	args[8] = CStringGetTextDatum(MyHostId);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -1020,8 +1134,9 @@ flush_deferred(void)
 
 	if (flush_plan == NULL)
 	{
-		Oid			types[7] = {INT8ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
-		TIMESTAMPTZARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID, TIDARRAYOID};
+		Oid			types[9] = {INT8ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
+		TIMESTAMPTZARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID, TIDARRAYOID,
+		BOOLOID, TEXTOID};
 
 		/*
 		 * finish_direct_plan for many jobs that succeeded (keep the two
@@ -1032,13 +1147,16 @@ flush_deferred(void)
 		 * tuple id and fails the statuscode test anyway; the id test keeps
 		 * a tuple id that came to hold another row (VACUUM FULL between
 		 * claim and batch) from matching.  A row not found here gets its
-		 * outcome by id, on its own (below), as a recurring job does.
+		 * outcome by id, on its own (below), as a recurring job does.  In
+		 * a fused batch ($8) the rows are not InProgress but locked by this
+		 * transaction since the claim: nobody else changed them, and the
+		 * worker's host is written here.
 		 */
 		flush_plan = asyncjobs_prepare_kept(
 			"WITH d AS (DELETE FROM asyncjobs.job j "
 			"       WHERE j.ctid OPERATOR(pg_catalog.=) ANY ($7) "
 			"         AND j.asyncoperationid OPERATOR(pg_catalog.=) ANY ($1) "
-			"         AND j.statuscode OPERATOR(pg_catalog.=) 20 "
+			"         AND ($8 OR j.statuscode OPERATOR(pg_catalog.=) 20) "
 			"         AND j.recurrencepattern IS NULL "
 			"      RETURNING j.*, pg_catalog.array_position($1, j.asyncoperationid) AS i) "
 			INSERT_HISTORY
@@ -1049,11 +1167,11 @@ flush_deferred(void)
 			"  $2[d.i]::pg_catalog.jsonb, d.priority, d.depth, "
 			"  d.correlationid, d.correlationupdatedtime, d.dependencytoken, "
 			"  d.dedupekey, d.recurrencepattern, d.recurrencestarttime, "
-			"  d.regardingobjectid, d.hostid, d.parentid, "
+			"  d.regardingobjectid, CASE WHEN $8 THEN $9 ELSE d.hostid END, d.parentid, "
 			"  d.attempts OPERATOR(pg_catalog.||) $6[d.i]::pg_catalog.jsonb "
 			"FROM d RETURNING asyncoperationid, messagename, ownerid::pg_catalog.oid, "
 			"  executiontimespan",
-			7, types);
+			9, types);
 	}
 
 	rc = SPI_execute_plan(flush_plan, args, NULL, false, 0);
@@ -1117,7 +1235,7 @@ flush_deferred(void)
  * subtransaction rolled back (its effects with it) and ends Canceled or
  * Paused instead.
  */
-static void
+static RunResult
 run_claimed(AsyncJob *job, uint32 batch_seq)
 {
 	AsyncJobOutcome outcome;
@@ -1128,11 +1246,30 @@ run_claimed(AsyncJob *job, uint32 batch_seq)
 	CHECK_FOR_INTERRUPTS();
 
 	job->control_seq = pg_atomic_read_u32(&MySlot->control_seq);
+
+	/*
+	 * A job of a fused claim is ours while its batch is open only, and runs
+	 * in it or not at all: not after the batch committed, nor when it would
+	 * have to commit first (a bulk delete runs transactions of its own; a
+	 * cancel or pause signalled to this worker is checked between batches).
+	 */
+	if (job->fused)
+	{
+		if (!batch_open)
+			return RUN_RELEASED;
+		if (job->control_seq != batch_seq ||
+			job->operationtype == AJ_OPTYPE_BULK_DELETE)
+		{
+			batch_commit();
+			return RUN_CLASSIC;
+		}
+	}
+
 	if (job->control_seq != batch_seq)
 	{
 		batch_commit();
 		if (asyncjobs_apply_control(job, NULL) >= 0)
-			return;
+			return RUN_DONE;
 	}
 
 	MySlot->job_id = job->id;
@@ -1147,7 +1284,7 @@ run_claimed(AsyncJob *job, uint32 batch_seq)
 		finish_job_run();
 		MySlot->jobs_done++;
 		ConditionVariableBroadcast(&AsyncJobs->completion_cv);
-		return;
+		return RUN_DONE;
 	}
 
 	SetCurrentStatementStartTimestamp();
@@ -1173,6 +1310,27 @@ run_claimed(AsyncJob *job, uint32 batch_seq)
 	/* returns with cancel interrupts held off: see executor.c */
 	asyncjobs_run_job(job, &outcome);
 	asyncjobs_current_job_id = 0;
+
+	if (outcome.yielded)
+	{
+		/*
+		 * It ran longer than a job of a fused batch may: undone, as if never
+		 * run, it waits again with the batch's jobs not yet run, once the
+		 * batch (those that did run) commits; claimed the usual way next.
+		 */
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(batch_context);
+		CurrentResourceOwner = oldowner;
+		ereport(DEBUG1,
+				(errmsg("asyncjobs job %lld (%s) ran longer than %d ms in a fused batch: it runs again on its own",
+						(long long) job->id, job->operation, AJ_FUSED_JOB_LIMIT_MS)));
+		batch_commit();
+		finish_job_run();
+		MemoryContextSwitchTo(oldcxt);
+		QueryCancelPending = false;
+		RESUME_CANCEL_INTERRUPTS();
+		return RUN_CLASSIC;
+	}
 
 	recorded = record_or_defer(job, &outcome);
 	if (recorded)
@@ -1216,6 +1374,7 @@ run_claimed(AsyncJob *job, uint32 batch_seq)
 	/* a cancel aimed at this job has nothing left to cancel */
 	QueryCancelPending = false;
 	RESUME_CANCEL_INTERRUPTS();
+	return RUN_DONE;
 }
 
 /*
@@ -1369,13 +1528,19 @@ asyncjobs_record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 
 	if (finish_plan == NULL)
 	{
-		Oid			ftypes[9] = {INT8OID, INT2OID, JSONBOID, TIMESTAMPTZOID,
-		FLOAT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID};
-		Oid			rtypes[8] = {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID,
-		FLOAT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID};
+		Oid			ftypes[11] = {INT8OID, INT2OID, JSONBOID, TIMESTAMPTZOID,
+		FLOAT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, BOOLOID, TEXTOID};
+		Oid			rtypes[9] = {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+		FLOAT8OID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, BOOLOID};
 
-		finish_plan = asyncjobs_prepare_kept("SELECT asyncjobs._finish($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-								   9, ftypes);
+		/*
+		 * $10 (and $9 of retry_plan): the job is of a fused batch, not
+		 * InProgress but locked by this transaction since its claim; $11
+		 * the worker's host, written to history for it.
+		 */
+		finish_plan = asyncjobs_prepare_kept("SELECT asyncjobs._finish($1, $2, $3, $4, $5, $6, $7, $8, $9, "
+											 "CASE WHEN $10 THEN NULL ELSE 20 END::pg_catalog.int2)",
+											 11, ftypes);
 
 		/*
 		 * The same as asyncjobs._finish() (keep the two alike) for a job
@@ -1386,7 +1551,7 @@ asyncjobs_record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 		 */
 		finish_direct_plan = asyncjobs_prepare_kept(
 			"WITH d AS (DELETE FROM asyncjobs.job "
-			"            WHERE asyncoperationid = $1 AND statuscode = 20 "
+			"            WHERE asyncoperationid = $1 AND ($10 OR statuscode = 20) "
 			"              AND recurrencepattern IS NULL RETURNING *) "
 			INSERT_HISTORY
 			"SELECT d.asyncoperationid, d.name, d.operationtype, d.messagename, 3, "
@@ -1396,18 +1561,19 @@ asyncjobs_record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 			"  d.retrycount, d.maxretries, $6, $7, $8, d.data, $3, d.priority, d.depth, "
 			"  d.correlationid, d.correlationupdatedtime, d.dependencytoken, "
 			"  d.dedupekey, d.recurrencepattern, d.recurrencestarttime, "
-			"  d.regardingobjectid, d.hostid, d.parentid, "
+			"  d.regardingobjectid, CASE WHEN $10 THEN $11 ELSE d.hostid END, d.parentid, "
 			"  CASE WHEN $9 IS NULL THEN d.attempts ELSE d.attempts OPERATOR(pg_catalog.||) $9 END "
 			"FROM d RETURNING messagename, ownerid::pg_catalog.oid, executiontimespan",
-			9, ftypes);
-		retry_plan = asyncjobs_prepare_kept("SELECT asyncjobs._retry_later($1, $2, $3, $4, $5, $6, $7, $8)",
-								  8, rtypes);
+			11, ftypes);
+		retry_plan = asyncjobs_prepare_kept("SELECT asyncjobs._retry_later($1, $2, $3, $4, $5, $6, $7, $8, "
+											"CASE WHEN $9 THEN NULL ELSE 20 END::pg_catalog.int2)",
+											9, rtypes);
 	}
 
 	if (retry)
 	{
-		Datum		args[8];
-		char		nulls[8] = "        ";
+		Datum		args[9];
+		char		nulls[9] = "         ";
 		int64		delay = asyncjobs_backoff_ms(job->retrycount,
 												 job->retry_delay_ms,
 												 job->retry_delay_max_ms);
@@ -1421,12 +1587,13 @@ asyncjobs_record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 		args[6] = CStringGetTextDatum(outcome->friendly);
 		args[7] = DirectFunctionCall1(jsonb_in,
 									  CStringGetDatum(asyncjobs_attempt_json(job, outcome, "retry")));
+		args[8] = BoolGetDatum(job->fused);
 		rc = SPI_execute_plan(retry_plan, args, nulls, false, 0);
 	}
 	else
 	{
-		Datum		args[9];
-		char		nulls[9] = "         ";
+		Datum		args[11];
+		char		nulls[11] = "           ";
 
 		args[0] = Int64GetDatum(job->id);
 		args[1] = Int16GetDatum(outcome->succeeded ? AJ_STATUS_SUCCEEDED : AJ_STATUS_FAILED);
@@ -1447,6 +1614,8 @@ asyncjobs_record_outcome(AsyncJob *job, AsyncJobOutcome *outcome)
 		args[8] = DirectFunctionCall1(jsonb_in,
 									  CStringGetDatum(asyncjobs_attempt_json(job, outcome,
 																   outcome->succeeded ? "succeeded" : "failed")));
+		args[9] = BoolGetDatum(job->fused);
+		args[10] = CStringGetTextDatum(MyHostId);
 		rc = SPI_execute_plan(finish_direct_plan, args, nulls, false, 0);
 		if (rc != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "asyncjobs could not record the outcome of job %lld: %s",

@@ -297,6 +297,9 @@ INSERT INTO asyncjobs.status VALUES
 -- priority and runafter are returned for that bookkeeping.  tuple_id is
 -- where each job's claimed row version lies: the worker's outcome statement
 -- finds the rows by it (a Tid Scan) instead of searching the primary key.
+-- lock_only asks for a fused claim: the jobs are locked (FOR UPDATE) but
+-- not marked InProgress, and the caller runs them in the same transaction;
+-- fused says whether the claim was one (see the test below).
 CREATE FUNCTION asyncjobs._claim(worker bigint, host text, n int,
                                  operations text[] DEFAULT NULL,
                                  external boolean DEFAULT false,
@@ -304,13 +307,14 @@ CREATE FUNCTION asyncjobs._claim(worker bigint, host text, n int,
                                  after_ops text[] DEFAULT NULL,
                                  after_priority int[] DEFAULT NULL,
                                  after_runafter timestamptz[] DEFAULT NULL,
-                                 after_id bigint[] DEFAULT NULL)
+                                 after_id bigint[] DEFAULT NULL,
+                                 lock_only boolean DEFAULT false)
 RETURNS TABLE (asyncoperationid bigint, messagename text, operationtype int,
                ownerid oid, data jsonb, retrycount int, maxretries int,
                handler oid, timeout_ms bigint, retry_delay_ms bigint,
                retry_delay_max_ms bigint, leasetoken uuid,
                leaseexpires timestamptz, priority int, runafter timestamptz,
-               tuple_id tid)
+               tuple_id tid, fused boolean)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 -- the claim touches a handful of rows: never worth compiling
@@ -331,6 +335,11 @@ BEGIN
         AND (t.handler IS NOT NULL OR t.builtin) <> external
         AND (operations IS NULL OR t.name = ANY (operations))
       ORDER BY t.name;
+    -- A fused claim only locks the jobs: they stay as they are, and run in
+    -- the transaction that took them (src/worker.c, claim_jobs).  Not when
+    -- an operation with max_concurrency is among those claimed (its cap
+    -- counts the jobs marked InProgress), nor for external workers.
+    lock_only := lock_only AND NOT external AND NOT FOUND;
 
     -- the jobs to take, locked, in the order they are to run
     WITH types AS (
@@ -383,6 +392,23 @@ BEGIN
         RETURN;
     END IF;
 
+    IF lock_only THEN
+        RETURN QUERY
+        SELECT j.asyncoperationid, j.messagename, j.operationtype,
+               j.ownerid::oid, j.data, j.retrycount, j.maxretries,
+               t.handler::oid,
+               (extract(epoch FROM t.timeout) * 1000)::bigint,
+               (extract(epoch FROM t.retry_delay) * 1000)::bigint,
+               (extract(epoch FROM t.retry_delay_max) * 1000)::bigint,
+               j.leasetoken, j.leaseexpires, j.priority, j.runafter,
+               j.ctid, true
+          FROM asyncjobs.job j
+          JOIN asyncjobs.operation_type t ON t.name = j.messagename
+         WHERE j.ctid = ANY (tids)
+         ORDER BY array_position(ids, j.asyncoperationid);
+        RETURN;
+    END IF;
+
     -- found by their tuple ids (the rows are locked: none can move), returned
     -- in claim order
     RETURN QUERY
@@ -408,7 +434,7 @@ BEGIN
     SELECT k.asyncoperationid, k.messagename, k.operationtype, k.ownerid,
            k.data, k.retrycount, k.maxretries, k.handler, k.timeout_ms,
            k.delay_ms, k.delay_max_ms, k.leasetoken, k.leaseexpires,
-           k.priority, k.runafter, k.ctid
+           k.priority, k.runafter, k.ctid, false
       FROM taken k
      ORDER BY array_position(ids, k.asyncoperationid);
 END
@@ -509,7 +535,8 @@ CREATE FUNCTION asyncjobs._retry_later(job_id bigint, next_run timestamptz,
                                        started timestamptz,
                                        timespan double precision,
                                        err_code text, err_message text,
-                                       err_friendly text, attempt jsonb)
+                                       err_friendly text, attempt jsonb,
+                                       expect smallint DEFAULT 20)
 RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -526,7 +553,8 @@ BEGIN
            message = err_message, friendlymessage = err_friendly,
            lockedby = NULL, hostid = NULL, leasetoken = NULL,
            leaseexpires = NULL, attempts = attempts || attempt
-     WHERE asyncoperationid = job_id AND statuscode = 20
+     WHERE asyncoperationid = job_id
+       AND (expect IS NULL OR statuscode = expect)
     RETURNING messagename, ownerid INTO op, owner;
     IF NOT FOUND THEN
         RETURN false;
@@ -677,8 +705,8 @@ BEGIN
                j.ownerid, j.statuscode
           FROM unnest(ids, retries) AS c(id, retrycount)
           JOIN asyncjobs.job j ON j.asyncoperationid = c.id
-         WHERE j.statecode = 0 AND j.lockedby IS NULL AND j.leasetoken IS NULL
-           AND j.retrycount = c.retrycount
+         WHERE j.statuscode IN (0, 10, 11) AND j.lockedby IS NULL
+           AND j.leasetoken IS NULL AND j.retrycount = c.retrycount
          ORDER BY j.asyncoperationid
            FOR UPDATE OF j SKIP LOCKED
     LOOP
