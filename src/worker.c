@@ -1321,6 +1321,7 @@ run_claimed(AsyncJob *job, uint32 batch_seq)
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(batch_context);
 		CurrentResourceOwner = oldowner;
+		asyncjobs_reset_session_state();
 		ereport(DEBUG1,
 				(errmsg("asyncjobs job %lld (%s) ran longer than %d ms in a fused batch: it runs again on its own",
 						(long long) job->id, job->operation, AJ_FUSED_JOB_LIMIT_MS)));

@@ -195,6 +195,31 @@ sub wait_for_server
 
 =pod
 
+=item $node->crash_worker($pid, $timeout_s)
+
+Kills process $pid (a worker) with SIGKILL, waits until the postmaster has
+reinitialized the server (crash restart; the node needs
+restart_after_crash) and the server accepts connections again.  Returns
+the log position from before the kill (true), or 0 when a step failed.
+
+=cut
+
+sub crash_worker
+{
+	my ($self, $pid, $timeout_s) = @_;
+	my $off = $self->log_position;
+	return 0 unless kill('KILL', $pid);
+	return 0
+	  unless eval {
+		$self->wait_for_log(qr/all server processes terminated; reinitializing/, $off);
+		1;
+	  };
+	return 0 unless $self->wait_for_server($timeout_s // 60);
+	return $off || '0 but true';
+}
+
+=pod
+
 =item $node->worker_count($dbname, $query_db)
 
 How many asyncjobs workers of $dbname are up (started and past their

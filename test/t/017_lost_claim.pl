@@ -42,15 +42,8 @@ sub wait_sleeping { return $node->wait_for_job_sleeping('postgres', $_[0], 30); 
 sub crash
 {
 	my ($pid, $what) = @_;
-	my $off = $node->log_position;
-	ok(kill('KILL', $pid), "$what: kill -9 worker $pid");
-	ok( eval {
-			$node->wait_for_log(qr/all server processes terminated; reinitializing/,
-				$off);
-			1;
-		},
-		"$what: the server reinitializes");
-	ok($node->wait_for_server(60), "$what: the server accepts connections again");
+	my $off = $node->crash_worker($pid, 60);
+	ok($off, "$what: kill -9 worker $pid; the server reinitializes and accepts connections again");
 	return $off;
 }
 

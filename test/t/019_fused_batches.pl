@@ -150,6 +150,45 @@ my $j = $node->job('postgres', $long);
 is($j->{retrycount}, 0, 'the stopped run is not counted as a retry');
 is(scalar @{ $j->{attempts} }, 1, 'nor recorded as an attempt');
 
+# --- failures in a fused batch ---------------------------------------------------
+# a transient failure is retried, a permanent one ends Failed, as in any
+# batch: their outcomes are written at once, to rows that are not InProgress
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION flaky(d jsonb) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+		IF d ? 'transient' AND (SELECT retrycount FROM asyncjobs.job
+		                         WHERE asyncoperationid = asyncjobs.current_job()) = 0 THEN
+			RAISE EXCEPTION 'try again' USING ERRCODE = '40001';
+		END IF;
+		IF d ? 'permanent' THEN
+			RAISE EXCEPTION 'not this one' USING ERRCODE = '22023';
+		END IF;
+	END $$;
+	SELECT asyncjobs.register_operation('flaky', 'flaky(jsonb)',
+		retry_delay => '10 ms', retry_delay_max => '10 ms');
+});
+ok(short_jobs(8001, 8040), 'short jobs ran');
+pause_pool();
+my ($transient, $permanent, $after) = split /\n/, $node->safe_psql('postgres', q{
+	BEGIN;
+	SELECT asyncjobs.enqueue('flaky', '{"n": 8101, "transient": true}');
+	SELECT asyncjobs.enqueue('flaky', '{"n": 8102, "permanent": true}');
+	SELECT asyncjobs.enqueue('probe', '{"n": 8103}');
+	COMMIT;
+});
+resume_pool();
+is($node->wait_for_job('postgres', $transient, 60), 30, 'the transient failure was retried, then Succeeded');
+$j = $node->job('postgres', $transient);
+is($j->{retrycount}, 1, 'once');
+is($j->{attempts}[0]{outcome}, 'retry', 'its first attempt is recorded as a retry');
+is($node->wait_for_job('postgres', $permanent, 60), 31, 'the permanent failure ended Failed');
+$j = $node->job('postgres', $permanent);
+is($j->{errorcode}, '22023', 'with its SQLSTATE');
+ok(defined $j->{hostid}, 'and the host of its worker');
+is($node->wait_for_job('postgres', $after, 60), 30, 'the next job of the batch Succeeded');
+is($node->safe_psql('postgres', 'SELECT status FROM seen WHERE n = 8103'),
+	'0', 'in a fused batch');
+
 # --- a cancel of a job in a fused batch ------------------------------------------
 # with batch_max_age 5 s, a job of a fused batch may run 5 s
 set_and_reload("asyncjobs.batch_max_age = '5s'");
@@ -195,14 +234,8 @@ sub run_and_stop_worker
 	my $off = $node->log_position;
 	if ($signal eq 'KILL')
 	{
-		ok(kill('KILL', $pid), "KILL: kill -9 worker $pid");
-		ok( eval {
-				$node->wait_for_log(qr/all server processes terminated; reinitializing/,
-					$off);
-				1;
-			},
-			'KILL: the server reinitializes');
-		ok($node->wait_for_server(60), 'KILL: the server accepts connections again');
+		ok($node->crash_worker($pid, 60),
+			"KILL: kill -9 worker $pid; the server reinitializes and accepts connections again");
 	}
 	else
 	{
