@@ -997,15 +997,18 @@ batch_commit(void)
 		if (batch_fused)
 		{
 			/*
-			 * A fused batch cannot be run again: rolled back, it no longer holds
-			 * its jobs.  Nobody can cancel a job of it either (its row is
-			 * locked); only a job that changed its own row can get here.  The
-			 * jobs are waiting again, their effects undone.
+			 * A fused batch cannot be run again as it is: rolled back, it no
+			 * longer holds its jobs.  Nobody else can change the row of one
+			 * of its jobs (it is locked); a job of the batch did (say, it
+			 * canceled another job of the batch).  Roll back: the jobs wait
+			 * again, their effects undone, and the next claim marks them
+			 * InProgress, so that such a cancel takes its usual course.
 			 */
-			ereport(WARNING,
+			ereport(LOG,
 					(errmsg("asyncjobs worker rolled back a fused batch of %d jobs",
 							batch_nmembers),
-					 errdetail("A job of the batch changed or removed its own row in asyncjobs.job; the jobs wait to run again.")));
+					 errdetail("A job of the batch changed or removed the row of a job of the batch in asyncjobs.job (a cancel, say); the jobs run again, claimed InProgress.")));
+			classic_next = true;
 			AbortCurrentTransaction();
 			asyncjobs_rollup_buffer(false);
 			batch_open = false;

@@ -189,6 +189,37 @@ is($node->wait_for_job('postgres', $after, 60), 30, 'the next job of the batch S
 is($node->safe_psql('postgres', 'SELECT status FROM seen WHERE n = 8103'),
 	'0', 'in a fused batch');
 
+# --- a job that cancels another job of its fused batch ------------------------------
+# (a job that supersedes an older one, say): the batch cannot commit the
+# older job's outcome; it is rolled back, and its jobs run again claimed
+# InProgress, as in a batch that is not fused (where a cancel from within
+# the batch is rolled back with it, and comes after the older job ended)
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION supersede(d jsonb) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+		PERFORM asyncjobs.cancel((d->>'cancel')::bigint);
+		INSERT INTO seen VALUES ((d->>'n')::int, asyncjobs.current_job(), NULL);
+	END $$;
+	SELECT asyncjobs.register_operation('supersede', 'supersede(jsonb)');
+});
+ok(short_jobs(9001, 9040), 'short jobs ran');
+pause_pool();
+my ($older, $newer) = split /\|/, $node->safe_psql('postgres', q{
+	WITH x AS (SELECT asyncjobs.enqueue('probe', '{"n": 9101}') AS id)
+	SELECT x.id, asyncjobs.enqueue('supersede', jsonb_build_object('n', 9102, 'cancel', x.id))
+	  FROM x});
+my $off = $node->log_position;
+resume_pool();
+my $older_status = $node->wait_for_job('postgres', $older, 60);
+is($node->wait_for_job('postgres', $newer, 60), 30, 'the newer job Succeeded');
+ok($older_status == 30 || $older_status == 32,
+	"the older one ended, Succeeded or Canceled ($older_status)");
+is($node->safe_psql('postgres', 'SELECT string_agg(n::text, \',\' ORDER BY n) FROM seen WHERE n IN (9101, 9102)'),
+	$older_status == 30 ? '9101,9102' : '9102',
+	'each left its effect once, the older one only if it Succeeded');
+ok($node->log_contains(qr/rolled back a fused batch of \d+ jobs/, $off),
+	'the fused batch was rolled back');
+
 # --- a cancel of a job in a fused batch ------------------------------------------
 # with batch_max_age 5 s, a job of a fused batch may run 5 s
 set_and_reload("asyncjobs.batch_max_age = '5s'");

@@ -73,7 +73,7 @@ sub enqueue_batch
 	return $hold_id;
 }
 
-# Waits until the batch has completed jobs and Locked ones, and (if given)
+# Waits until the batch has completed jobs and running ones, and (if given)
 # the holding job sleeps in its first attempt.
 sub wait_in_flight
 {
@@ -81,7 +81,10 @@ sub wait_in_flight
 	my $ok = $node->poll_until(
 		$db, qq{
 		SELECT count(*) FILTER (WHERE statecode = 3) > 0
-		   AND count(*) FILTER (WHERE statecode = 2) > 0
+		   AND (count(*) FILTER (WHERE statecode = 2) > 0
+		        -- a job of a fused batch runs without being Locked
+		        OR count(*) FILTER (WHERE asyncoperationid IN
+		                            (SELECT asyncoperationid FROM asyncjobs.workers)) > 0)
 		  FROM asyncjobs.asyncoperation WHERE data->>'batch' = '$batch'},
 		't', 60);
 	if ($hold_id)

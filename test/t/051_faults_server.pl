@@ -70,7 +70,10 @@ sub wait_in_flight
 	return $node->poll_until(
 		'postgres', qq{
 		SELECT count(*) FILTER (WHERE statecode = 3) > 0
-		   AND count(*) FILTER (WHERE statecode = 2) > 0
+		   AND (count(*) FILTER (WHERE statecode = 2) > 0
+		        -- a job of a fused batch runs without being Locked
+		        OR count(*) FILTER (WHERE asyncoperationid IN
+		                            (SELECT asyncoperationid FROM asyncjobs.workers)) > 0)
 		  FROM asyncjobs.asyncoperation WHERE data->>'batch' = '$batch'},
 		't', 60);
 }
@@ -140,7 +143,7 @@ foreach my $mode ('immediate', 'fast')
 	is(enqueue_batch($batch, 10_000, 0.001), '10000',
 		"$batch: 10,000 jobs enqueued");
 	note(sprintf('%s: enqueued in %.1fs', $batch, Time::HiRes::time() - $t));
-	ok(wait_in_flight($batch), "$batch: some completed, some Locked");
+	ok(wait_in_flight($batch), "$batch: some completed, some running");
 	my ($ready, $locked, $done) = split /\|/, batch_state($batch);
 	note("$batch: before the restart $ready ready, $locked locked, $done done");
 	cmp_ok($ready, '>=', 1000, "$batch: thousands still queued at the restart");
