@@ -332,6 +332,25 @@ sub enqueue_sleeping_job
 
 =pod
 
+=item $node->enqueue_together($dbname, [$operation, $data_json], ...)
+
+Enqueues the jobs in one transaction, in the order given (so that a worker
+claims them together); returns their ids.
+
+=cut
+
+sub enqueue_together
+{
+	my ($self, $dbname, @jobs) = @_;
+	my $sql = "BEGIN;\n";
+	$sql .= 'SELECT asyncjobs.enqueue(' . _quote_literal($_->[0]) . ', '
+	  . _quote_literal($_->[1]) . ");\n"
+	  foreach @jobs;
+	return split /\n/, $self->safe_psql($dbname, $sql . 'COMMIT;');
+}
+
+=pod
+
 =item $node->wait_for_job_sleeping($dbname, $job_id, $timeout_s)
 
 Waits until a worker runs the job and the job sleeps in C<pg_sleep> (so its

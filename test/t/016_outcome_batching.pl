@@ -217,12 +217,9 @@ $node->safe_psql('postgres',
 	q{SELECT count(asyncjobs.enqueue('effect', jsonb_build_object('n', g, 'sleep', 0))) FROM generate_series(1, 20) g});
 ok($node->wait_for_jobs('postgres', "messagename = 'effect'", 60), 'short jobs ran');
 pause_pool();
-my ($first, $second) = split /\n/, $node->safe_psql('postgres', q{
-	BEGIN;
-	SELECT asyncjobs.enqueue('effect', '{"n": 1001, "sleep": 0}');
-	SELECT asyncjobs.enqueue('effect', '{"n": 1002, "sleep": 3}');
-	COMMIT;
-});
+my ($first, $second) = $node->enqueue_together('postgres',
+	[ 'effect', '{"n": 1001, "sleep": 0}' ],
+	[ 'effect', '{"n": 1002, "sleep": 3}' ]);
 resume_pool();
 ok( $node->poll_until(
 		'postgres',

@@ -169,13 +169,10 @@ $node->safe_psql('postgres', q{
 });
 ok(short_jobs(8001, 8040), 'short jobs ran');
 pause_pool();
-my ($transient, $permanent, $after) = split /\n/, $node->safe_psql('postgres', q{
-	BEGIN;
-	SELECT asyncjobs.enqueue('flaky', '{"n": 8101, "transient": true}');
-	SELECT asyncjobs.enqueue('flaky', '{"n": 8102, "permanent": true}');
-	SELECT asyncjobs.enqueue('probe', '{"n": 8103}');
-	COMMIT;
-});
+my ($transient, $permanent, $after) = $node->enqueue_together('postgres',
+	[ 'flaky', '{"n": 8101, "transient": true}' ],
+	[ 'flaky', '{"n": 8102, "permanent": true}' ],
+	[ 'probe', '{"n": 8103}' ]);
 resume_pool();
 is($node->wait_for_job('postgres', $transient, 60), 30, 'the transient failure was retried, then Succeeded');
 $j = $node->job('postgres', $transient);
@@ -225,12 +222,9 @@ ok($node->log_contains(qr/rolled back a fused batch of \d+ jobs/, $off),
 set_and_reload("asyncjobs.batch_max_age = '5s'");
 ok(short_jobs(5001, 5020), 'short jobs ran');
 pause_pool();
-my ($first, $second) = split /\n/, $node->safe_psql('postgres', q{
-	BEGIN;
-	SELECT asyncjobs.enqueue('probe', '{"n": 5101, "sleep": 2}');
-	SELECT asyncjobs.enqueue('probe', '{"n": 5102}');
-	COMMIT;
-});
+my ($first, $second) = $node->enqueue_together('postgres',
+	[ 'probe', '{"n": 5101, "sleep": 2}' ],
+	[ 'probe', '{"n": 5102}' ]);
 resume_pool();
 ok($node->wait_for_job_sleeping('postgres', $first, 30), 'the first job runs');
 is($node->job('postgres', $first)->{statuscode},
@@ -250,12 +244,9 @@ sub run_and_stop_worker
 	# two jobs below together
 	ok(short_jobs($n - 50, $n - 10), "$signal: short jobs ran");
 	pause_pool();
-	my @jobs = split /\n/, $node->safe_psql('postgres', qq{
-		BEGIN;
-		SELECT asyncjobs.enqueue('probe', '{"n": $n}');
-		SELECT asyncjobs.enqueue('probe', '{"n": @{[$n + 1]}, "sleep": 3}');
-		COMMIT;
-	});
+	my @jobs = $node->enqueue_together('postgres',
+		[ 'probe', qq({"n": $n}) ],
+		[ 'probe', sprintf('{"n": %d, "sleep": 3}', $n + 1) ]);
 	resume_pool();
 	ok($node->wait_for_job_sleeping('postgres', $jobs[1], 30),
 		"$signal: the second job of the batch runs");
