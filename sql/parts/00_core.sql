@@ -341,6 +341,58 @@ BEGIN
     -- counts the jobs marked InProgress), nor for external workers.
     lock_only := lock_only AND NOT external AND NOT FOUND;
 
+    IF lock_only THEN
+        -- The same choice of jobs as below, in one statement that returns
+        -- them as it locks them: nothing is updated, so there is no second
+        -- statement to find them again (about a tenth of a fused job's
+        -- CPU).  No operation here has max_concurrency: room is n.
+        RETURN QUERY
+        WITH types AS (
+            SELECT t.name, t.handler, t.timeout, t.retry_delay, t.retry_delay_max,
+                   coalesce(after_priority[w.k], '-2147483648'::int) AS after_p,
+                   coalesce(after_runafter[w.k], '-infinity'::timestamptz) AS after_r,
+                   coalesce(after_id[w.k], '-9223372036854775808'::bigint) AS after_i
+              FROM asyncjobs.operation_type t
+             CROSS JOIN LATERAL (SELECT array_position(after_ops, t.name) AS k) w
+             WHERE NOT t.paused
+               AND (t.handler IS NOT NULL OR t.builtin)
+               AND (operations IS NULL OR t.name = ANY (operations))
+        ), offered AS (
+            SELECT o.*, t.handler, t.timeout, t.retry_delay, t.retry_delay_max
+              FROM types t
+             CROSS JOIN LATERAL (
+                SELECT j.asyncoperationid AS id, j.priority AS prio,
+                       j.runafter AS due, j.messagename AS op, j.operationtype AS optype,
+                       j.ownerid AS owner, j.data AS jdata, j.retrycount AS retries,
+                       j.maxretries AS maxr, j.ctid AS tid
+                  FROM asyncjobs.job j
+                 WHERE j.messagename = t.name
+                   AND j.statuscode IN (0, 10, 11)
+                   AND (j.priority, j.runafter, j.asyncoperationid)
+                       > (t.after_p, t.after_r, t.after_i)
+                   AND j.runafter <= now()
+                   AND (j.dependencytoken IS NULL OR NOT EXISTS (
+                            SELECT 1 FROM asyncjobs.job d
+                             WHERE d.dependencytoken = j.dependencytoken
+                               AND d.asyncoperationid < j.asyncoperationid))
+                 ORDER BY j.priority, j.runafter, j.asyncoperationid
+                 LIMIT n
+                   FOR UPDATE OF j SKIP LOCKED) o
+        )
+        SELECT w.id, w.op, w.optype, w.owner::oid, w.jdata, w.retries, w.maxr,
+               w.handler::oid,
+               (extract(epoch FROM w.timeout) * 1000)::bigint,
+               (extract(epoch FROM w.retry_delay) * 1000)::bigint,
+               (extract(epoch FROM w.retry_delay_max) * 1000)::bigint,
+               NULL::uuid, NULL::timestamptz, w.prio, w.due, w.tid, true
+          FROM (SELECT o.*, row_number() OVER (PARTITION BY o.op
+                                               ORDER BY o.prio, o.due, o.id) AS rn
+                  FROM offered o) w
+         ORDER BY w.prio, w.rn, w.due, w.id
+         LIMIT n;
+        RETURN;
+    END IF;
+
     -- the jobs to take, locked, in the order they are to run
     WITH types AS (
         SELECT t.name,
@@ -392,22 +444,6 @@ BEGIN
         RETURN;
     END IF;
 
-    IF lock_only THEN
-        RETURN QUERY
-        SELECT j.asyncoperationid, j.messagename, j.operationtype,
-               j.ownerid::oid, j.data, j.retrycount, j.maxretries,
-               t.handler::oid,
-               (extract(epoch FROM t.timeout) * 1000)::bigint,
-               (extract(epoch FROM t.retry_delay) * 1000)::bigint,
-               (extract(epoch FROM t.retry_delay_max) * 1000)::bigint,
-               j.leasetoken, j.leaseexpires, j.priority, j.runafter,
-               j.ctid, true
-          FROM asyncjobs.job j
-          JOIN asyncjobs.operation_type t ON t.name = j.messagename
-         WHERE j.ctid = ANY (tids)
-         ORDER BY array_position(ids, j.asyncoperationid);
-        RETURN;
-    END IF;
 
     -- found by their tuple ids (the rows are locked: none can move), returned
     -- in claim order
