@@ -351,22 +351,29 @@ sub enqueue_together
 
 =pod
 
-=item $node->wait_for_job_sleeping($dbname, $job_id, $timeout_s)
+=item $node->wait_for_job_sleeping($dbname, $job_id, $timeout_s, $fused)
 
-Waits until a worker runs the job and the job sleeps in C<pg_sleep> (so its
-statements before the sleep are done); false after $timeout_s (10).
+Waits until a worker runs the job InProgress (Locked) and the job sleeps in
+C<pg_sleep> (so its statements before the sleep are done); false after
+$timeout_s (10).  A job that sleeps in a fused batch is not InProgress, and
+soon stops to run again on its own, InProgress: this waits for that run.
+With $fused true, it waits instead for the job to sleep in a fused batch
+(not InProgress).
 
 =cut
 
 sub wait_for_job_sleeping
 {
-	my ($self, $dbname, $job_id, $timeout_s) = @_;
+	my ($self, $dbname, $job_id, $timeout_s, $fused) = @_;
 	croak "job id must be a number" unless $job_id =~ /^\d+$/;
+	my $state = $fused ? '<> 2' : '= 2';
 	return $self->poll_until(
 		$dbname, qq{
 		SELECT count(*) FROM asyncjobs.workers w
 		  JOIN pg_stat_activity a ON a.pid = w.pid
-		 WHERE w.asyncoperationid = $job_id AND a.wait_event = 'PgSleep'},
+		  JOIN asyncjobs.job j ON j.asyncoperationid = w.asyncoperationid
+		 WHERE w.asyncoperationid = $job_id AND a.wait_event = 'PgSleep'
+		   AND j.statecode $state},
 		'1', $timeout_s // 10);
 }
 

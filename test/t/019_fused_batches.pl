@@ -226,7 +226,7 @@ my ($first, $second) = $node->enqueue_together('postgres',
 	[ 'probe', '{"n": 5101, "sleep": 2}' ],
 	[ 'probe', '{"n": 5102}' ]);
 resume_pool();
-ok($node->wait_for_job_sleeping('postgres', $first, 30), 'the first job runs');
+ok($node->wait_for_job_sleeping('postgres', $first, 30, 'fused'), 'the first job runs');
 is($node->job('postgres', $first)->{statuscode},
 	0, 'it looks waiting (a job of a fused batch is not marked InProgress)');
 is($node->safe_psql('postgres', "SELECT asyncjobs.cancel($first)"),
@@ -248,7 +248,7 @@ sub run_and_stop_worker
 		[ 'probe', qq({"n": $n}) ],
 		[ 'probe', sprintf('{"n": %d, "sleep": 3}', $n + 1) ]);
 	resume_pool();
-	ok($node->wait_for_job_sleeping('postgres', $jobs[1], 30),
+	ok($node->wait_for_job_sleeping('postgres', $jobs[1], 30, 'fused'),
 		"$signal: the second job of the batch runs");
 	is($node->job('postgres', $jobs[1])->{statuscode}, 0, "$signal: in a fused batch");
 	my $pid = $node->safe_psql('postgres',
