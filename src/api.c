@@ -537,6 +537,7 @@ asyncjobs_check_payload_sql(PG_FUNCTION_ARGS)
 }
 
 static int	compare_int64(const void *a, const void *b);
+static void enqueued_at_commit(Datum *args, const char *nulls);
 
 /*----------
  * The enqueue path
@@ -1749,7 +1750,8 @@ enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb **datas,
 
 		if (insert_jobs_direct(set, setnull, !have_correlation, datas, n, ids))
 		{
-			asyncjobs_wake_worker_at_commit();
+			asyncjobs_enqueued_at_commit(DatumGetInt32(set[JC_PRIORITY]),
+										 DatumGetTimestampTz(set[JC_RUNAFTER]));
 			return;
 		}
 	}
@@ -1820,7 +1822,7 @@ enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb **datas,
 		qsort(ids, n, sizeof(int64), compare_int64);
 		restore_user(&sw);
 		SPI_finish();
-		asyncjobs_wake_worker_at_commit();
+		enqueued_at_commit(args, nulls);
 		return;
 	}
 
@@ -1869,8 +1871,20 @@ enqueue_internal(FunctionCallInfo fcinfo, text *operation, Jsonb **datas,
 	restore_user(&sw);
 	SPI_finish();
 
-	asyncjobs_wake_worker_at_commit();
+	enqueued_at_commit(args, nulls);
 	ids[0] = id;
+}
+
+/*
+ * After the SQL side of enqueue inserted jobs: their priority ($8) and due
+ * time (runafter: $5, else now()), for the wake-up at commit.
+ */
+static void
+enqueued_at_commit(Datum *args, const char *nulls)
+{
+	asyncjobs_enqueued_at_commit(DatumGetInt32(args[7]),
+								 nulls[4] == 'n' ? GetCurrentTransactionStartTimestamp() :
+								 DatumGetTimestampTz(args[4]));
 }
 
 static int

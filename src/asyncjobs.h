@@ -138,6 +138,11 @@ typedef struct AsyncJobsSlot
 	bool		watermark_mode; /* its claims start after its watermarks */
 	TimestampTz full_claim_at;	/* start of its last claim from the start
 								 * in watermark mode */
+	/* claim watermarks (worker.c, shmem.c); read and written without lock */
+	pg_atomic_uint32 fronts_reset;	/* nonzero: its next claim starts from
+									 * the start of every operation */
+	pg_atomic_uint32 front_priority;	/* the greatest of its watermarks, */
+	pg_atomic_uint64 front_runafter;	/* encoded by asyncjobs_front_encode */
 } AsyncJobsSlot;
 
 #define AJ_MAX_PENDING_DBS		16
@@ -179,6 +184,10 @@ extern void asyncjobs_notify_launcher_at_commit(void);
 extern bool asyncjobs_database_quiesced(Oid dboid);
 extern void asyncjobs_quiesce_database(Oid dboid, bool on);
 extern bool asyncjobs_worker_live(int64 worker_id);
+extern void asyncjobs_enqueued_at_commit(int32 priority, TimestampTz runafter);
+extern void asyncjobs_reset_fronts(Oid dboid);
+extern void asyncjobs_publish_front_claiming(void);
+extern void asyncjobs_publish_front(bool any, int32 priority, TimestampTz runafter);
 
 /* ---- monitor.c ---- */
 extern void asyncjobs_monitor_init(void);
@@ -225,6 +234,10 @@ typedef struct AsyncJob
 	ItemPointerData tid;		/* its row version as claimed (worker.c) */
 	bool		fused;			/* claimed by a fused claim: locked, not
 								 * InProgress, run in the claim's transaction */
+	bool		dependent;		/* has a dependency token: jobs may wait
+								 * for it to be done */
+	int32		priority;		/* with runafter and id: its claim key */
+	TimestampTz runafter;
 } AsyncJob;
 
 /* What happened when a job ran */

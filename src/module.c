@@ -161,15 +161,16 @@ _PG_init(void)
 							 NULL, NULL, NULL);
 
 	DefineCustomIntVariable("asyncjobs.claim_watermark_threshold",
-							"Index entries of gone jobs a claim may read before the worker's claims start after the last jobs it took.",
-							"A claim that reads more entries of job_claim_idx whose jobs it "
+							"Index entries of gone jobs a claim from the start may read before the workers take turns at such claims.",
+							"Claims start each operation's scan after the last job the worker "
+							"took of it, and from the start when told that jobs wait before "
+							"that and at least every asyncjobs.poll_interval. A claim from the "
+							"start that reads more entries of job_claim_idx whose jobs it "
 							"cannot see than this plus asyncjobs.max_workers * "
-							"asyncjobs.batch_size (as it does while a transaction holds "
-							"back the xmin horizon) puts its worker in watermark mode: each "
-							"operation's scan starts after the last job the worker took of "
-							"it, and one claim per database from the start at least every "
-							"asyncjobs.poll_interval finds the jobs that sort before it and "
-							"decides whether to stay in that mode. 0 never uses watermarks.",
+							"asyncjobs.batch_size (as it does while a transaction holds back "
+							"the xmin horizon) puts its worker in watermark mode: the workers "
+							"of the database take turns, one claim from the start per poll "
+							"interval. 0 turns watermarks off: every claim starts from the start.",
 							&asyncjobs_claim_watermark_threshold,
 							10000, 0, INT_MAX,
 							PGC_SIGHUP,

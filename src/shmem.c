@@ -43,8 +43,20 @@ static bool waiters_pending = false;	/* wake asyncjobs.wait() at commit */
 static bool notify_launcher_pending = false;
 static bool xact_callback_registered = false;
 
+/*
+ * What the current transaction did to the claim order (see "Claim
+ * watermarks" in worker.c): put jobs back before where claims start
+ * (fronts_reset_pending), or enqueued jobs, the first of which in claim
+ * order has this priority and due time.
+ */
+static bool fronts_reset_pending = false;
+static bool enqueued_pending = false;
+static int32 enqueued_priority = 0;
+static TimestampTz enqueued_runafter = 0;
+
 static void asyncjobs_shmem_request_hook(void);
 static void asyncjobs_xact_callback(XactEvent event, void *arg);
+static void check_fronts(Oid dboid, int32 priority, TimestampTz runafter);
 
 static Size
 asyncjobs_shmem_size(void)
@@ -124,6 +136,29 @@ asyncjobs_wake_at_commit(void)
 {
 	asyncjobs_wake_worker_at_commit();
 	waiters_pending = true;
+	/*
+	 * What calls this (a resume, retry or postpone, a requeue, a job done
+	 * that others depend on) may have made a job ready before where the
+	 * workers' claims start: their next claims start from the start.
+	 */
+	fronts_reset_pending = true;
+}
+
+/*
+ * An enqueue: wake a worker at commit, and tell those whose claims start
+ * after the new job's place in the claim order (so would miss it).
+ */
+void
+asyncjobs_enqueued_at_commit(int32 priority, TimestampTz runafter)
+{
+	if (!enqueued_pending || priority < enqueued_priority ||
+		(priority == enqueued_priority && runafter < enqueued_runafter))
+	{
+		enqueued_priority = priority;
+		enqueued_runafter = runafter;
+	}
+	enqueued_pending = true;
+	asyncjobs_wake_worker_at_commit();
 }
 
 /*
@@ -167,6 +202,13 @@ asyncjobs_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
+			/* before the wake-up: the woken worker reads what this sets */
+			if (fronts_reset_pending)
+				asyncjobs_reset_fronts(MyDatabaseId);
+			else if (enqueued_pending)
+				check_fronts(MyDatabaseId, enqueued_priority, enqueued_runafter);
+			fronts_reset_pending = false;
+			enqueued_pending = false;
 			if (wake_pending)
 			{
 				wake_pending = false;
@@ -191,6 +233,8 @@ asyncjobs_xact_callback(XactEvent event, void *arg)
 			wake_pending = false;
 			waiters_pending = false;
 			notify_launcher_pending = false;
+			fronts_reset_pending = false;
+			enqueued_pending = false;
 			break;
 		default:
 			break;
@@ -249,6 +293,133 @@ asyncjobs_wake_database(Oid dboid, int count)
 				count--;
 			}
 		}
+	}
+}
+
+/*
+ * Claim fronts.  A worker's claims start each operation's scan after its
+ * watermark, the claim key of the last job of the operation it took
+ * (worker.c, "Claim watermarks").  A job that comes to wait before one is
+ * missed by those claims: whatever puts one there tells the workers of the
+ * database, which then claim from the start (their slot's fronts_reset).
+ *
+ * An enqueue tells only the workers whose watermarks it would miss, so
+ * that a steady flow of jobs into a backlog does not send every claim back
+ * to the start.  Each worker publishes the greatest (priority, runafter)
+ * of its watermarks, whatever the operation, and "everything" while it
+ * claims (from before its claim's snapshot to the watermarks that claim
+ * set): an enqueue whose commit that claim may not see finds it claiming,
+ * and an enqueue that finds older watermarks committed before the claim's
+ * snapshot, which then sees its jobs.  The two halves are written in an
+ * order that makes a torn read see a greater front, never a smaller one
+ * (a reset asked for nothing, at worst).
+ */
+#define FRONT_ALL_PRIORITY	PG_UINT32_MAX
+#define FRONT_ALL_RUNAFTER	PG_UINT64_MAX
+
+static inline uint32
+front_encode_priority(int32 priority)
+{
+	return ((uint32) priority) ^ 0x80000000;	/* order-preserving */
+}
+
+static inline uint64
+front_encode_runafter(TimestampTz runafter)
+{
+	return ((uint64) runafter) ^ (UINT64CONST(1) << 63);
+}
+
+/*
+ * This worker is about to claim: until it publishes its new front, every
+ * enqueue that commits tells it.  Up first: the priority, then the due time.
+ */
+void
+asyncjobs_publish_front_claiming(void)
+{
+	pg_atomic_write_u32(&MySlot->front_priority, FRONT_ALL_PRIORITY);
+	pg_write_barrier();
+	pg_atomic_write_u64(&MySlot->front_runafter, FRONT_ALL_RUNAFTER);
+	/* before the claim's snapshot, as for the slot's state */
+	pg_memory_barrier();
+}
+
+/*
+ * After a claim: publishes the greatest of this worker's watermarks (if
+ * "any"; else none, and no enqueue needs to tell it anything).  Down from
+ * "claiming": the due time, then the priority.
+ */
+void
+asyncjobs_publish_front(bool any, int32 priority, TimestampTz runafter)
+{
+	pg_atomic_write_u64(&MySlot->front_runafter,
+						any ? front_encode_runafter(runafter) : 0);
+	pg_write_barrier();
+	pg_atomic_write_u32(&MySlot->front_priority,
+						any ? front_encode_priority(priority) : 0);
+}
+
+static void
+set_fronts_reset(AsyncJobsSlot *slot)
+{
+	/* written only when clear: most commits write no shared memory */
+	if (pg_atomic_read_u32(&slot->fronts_reset) == 0)
+		pg_atomic_write_u32(&slot->fronts_reset, 1);
+}
+
+/*
+ * Every worker of the database claims from the start next.  No lock, as
+ * in asyncjobs_wake_database: a slot given to another worker meanwhile
+ * gets a reset it does not need.
+ */
+void
+asyncjobs_reset_fronts(Oid dboid)
+{
+	int			i;
+
+	if (AsyncJobs == NULL)
+		return;
+	pg_memory_barrier();
+	for (i = 0; i < AsyncJobs->n_slots; i++)
+	{
+		AsyncJobsSlot *slot = &AsyncJobs->slots[i];
+
+		if (slot->dboid == dboid)
+			set_fronts_reset(slot);
+	}
+}
+
+/*
+ * After the commit of an enqueue whose first job in claim order has this
+ * priority and due time: the workers whose front is at or after it claim
+ * from the start next.  Operations are not compared: the front is the
+ * greatest watermark of any operation, so this errs on the side of a
+ * reset.
+ */
+static void
+check_fronts(Oid dboid, int32 priority, TimestampTz runafter)
+{
+	uint32		p = front_encode_priority(priority);
+	uint64		r = front_encode_runafter(runafter);
+	int			i;
+
+	if (AsyncJobs == NULL)
+		return;
+	pg_memory_barrier();
+	for (i = 0; i < AsyncJobs->n_slots; i++)
+	{
+		AsyncJobsSlot *slot = &AsyncJobs->slots[i];
+		uint32		fp;
+		uint64		fr;
+
+		if (slot->dboid != dboid)
+			continue;
+		fp = pg_atomic_read_u32(&slot->front_priority);
+		pg_read_barrier();
+		fr = pg_atomic_read_u64(&slot->front_runafter);
+		if (fp == 0 && fr == 0)
+			continue;			/* no watermarks: it claims from the start */
+		if (p < fp || (p == fp && r <= fr))
+			set_fronts_reset(slot);
 	}
 }
 

@@ -15,9 +15,9 @@
  *	  finds nothing the worker sleeps until an enqueue wakes it (shmem.c)
  *	  or asyncjobs.poll_interval passes.
  *
- * While claims are expensive (see "Claim watermarks"), a claim starts each
- * operation's scan after the last job the worker took of it, with a claim
- * from the start at least every asyncjobs.poll_interval.
+ * A claim starts each operation's scan after the last job the worker took
+ * of it (see "Claim watermarks"), with a claim from the start when told
+ * that jobs wait before that, and at least every asyncjobs.poll_interval.
  *
  * A job stays Locked with its worker's id while it waits and runs.  If the
  * worker dies, the job keeps that id, which no live slot holds any more:
@@ -146,51 +146,61 @@ static void write_trace(AsyncJob *job, AsyncJobOutcome *outcome);
 /*
  * Claim watermarks.
  *
- * A claim reads each operation's jobs from job_claim_idx in claim order,
- * from the operation's first entry.  The entries of jobs already done are
- * normally skipped at little cost: the first scan that meets one finds its
- * tuple dead to everyone and marks it, and vacuum removes it.  While a
- * transaction holds back the xmin horizon, they are only recently dead: no
- * scan may mark them, vacuum may not remove them, and every claim visits
- * the heap tuple of every job done since the horizon was pinned before it
- * reaches a live one.  A claim then costs in proportion to that.
+ * A claim reads each operation's jobs from job_claim_idx in claim order
+ * (priority, runafter, asyncoperationid).  Read from the operation's first
+ * entry, it passes the entries of every job done since vacuum last ran:
+ * the first scan to meet one finds its tuple dead and marks it, later
+ * scans skip it unread, but they still walk its leaf page.  In a drain of
+ * 200,000 jobs that walk was a fifth of the workers' time (perf: _bt_first
+ * 16 %), growing with the drain.  And while a transaction holds back the
+ * xmin horizon, no scan may mark them: every claim visits the heap tuple
+ * of every job done since the horizon was pinned.
  *
- * So a worker remembers, per operation, the claim key (priority, runafter,
- * asyncoperationid) of the last job its last claim took, and, while its
- * claims are expensive ("watermark mode"), asks _claim to start each
- * operation's scan after that key.  A job that sorts before a watermark
- * -- one of a higher priority enqueued later, a postponed or retried job
- * that fell due, one enqueued by a long transaction, the next job of a
- * dependency token -- is missed by such a claim; a claim from the start
- * (a "full" claim) still runs at least every asyncjobs.poll_interval, the
- * time an idle worker may already take to see a postponed job fall due,
- * and catches it.  One such claim per database and poll interval is
- * enough, whichever worker makes it: the workers in watermark mode take
- * turns (full_claim_due), so that the pool pays for one scan of all the
- * entries a second, not one per worker.
+ * So a worker remembers, per operation, the claim key of the last job its
+ * last claim took (its watermark), and its claims start each operation's
+ * scan after that key.  A job that comes to wait before a watermark is
+ * missed by those claims, so whatever puts one there says so, and the
+ * worker's next claim starts from the start (a "full" claim) and sets the
+ * watermarks anew (shmem.c, claim fronts):
+ * - an enqueue whose job sorts at or before a worker's greatest watermark
+ *   (a higher priority than the backlog, a transaction older than it, a
+ *   postpone_until in the past) tells that worker, after its commit;
+ * - resume, retry, postpone, cancel, a requeue of a lost job, an external
+ *   worker's outcome (asyncjobs._wake_at_commit) tell every worker;
+ * - a worker that completes a job with a dependency token (the next one of
+ *   the token is ready now) or exits tells every worker;
+ * - the jobs of a worker's fused batch that it did not run (the batch
+ *   committed early) or rolled back wait again before its own watermark,
+ *   not the others' (they skipped the jobs, locked): it moves its own
+ *   watermark back before them.
+ * What nobody tells -- a postponed or retried job that falls due before a
+ * watermark (one of a higher priority than the backlog), a change made
+ * with plain SQL -- waits for a full claim, which runs at least every
+ * asyncjobs.poll_interval: the time an idle worker may already take to see
+ * a postponed job fall due.
  *
- * The measure of expensive is deterministic and counts exactly that waste:
- * the entries of job_claim_idx that a full claim read without finding a
- * tuple its snapshot sees (the index's tuples returned minus heap tuples
- * fetched, from the backend's pending statistics; needs track_counts).  A
- * healthy claim reads few: the first scan to meet the entry of a job done
- * marks it dead and later ones skip it unread, so a claim reads about the
- * entries of the jobs the pool took since its last claim, at most about
- * asyncjobs.max_workers * asyncjobs.batch_size.  A full claim that reads
- * more than that plus asyncjobs.claim_watermark_threshold enters watermark
- * mode.  (The shared buffers a claim touches tell the two cases apart less
- * well: a healthy claim also walks the leaf pages of entries marked dead
- * until vacuum removes them, several thousand buffers between two
- * autovacuums of a busy queue.)  Leaving takes a full claim that is cheap
- * by both measures: right after the horizon moves on, the first scans mark
- * the entries of all the jobs done meanwhile dead, and until vacuum
- * removes them every claim from the start still walks their leaf pages --
- * after a hold of minutes, tens of thousands of them; so a worker stays in
+ * Watermark mode.  Those periodic full claims are cheap while scans can
+ * mark entries dead; while the horizon is held back each visits the heap
+ * tuples of all the jobs done since it was pinned.  Then the workers take
+ * turns (full_claim_due), so that the pool pays for one such scan a
+ * second, not one per worker.  The measure of expensive is deterministic
+ * and counts exactly that waste: the entries of job_claim_idx that a full
+ * claim read without finding a tuple its snapshot sees (the index's tuples
+ * returned minus heap tuples fetched, from the backend's pending
+ * statistics; needs track_counts).  A full claim that reads more than
+ * asyncjobs.max_workers * asyncjobs.batch_size plus
+ * asyncjobs.claim_watermark_threshold enters watermark mode.  (The shared
+ * buffers a claim touches tell the two cases apart less well: a healthy
+ * claim also walks the leaf pages of entries marked dead until vacuum
+ * removes them.)  Leaving takes a full claim that is cheap by both
+ * measures: right after the horizon moves on, the first scans mark the
+ * entries of all the jobs done meanwhile dead, and until vacuum removes
+ * them every claim from the start still walks their leaf pages -- after a
+ * hold of minutes, tens of thousands of them; so a worker stays in
  * watermark mode while a full claim touches more than
  * WATERMARK_LEAVE_BUFFERS plus WATERMARK_LEAVE_BUFFERS_PER_JOB per job.
- * Normal mode is exactly the claim without watermarks, so a healthy queue
- * keeps its latency and ordering.  The watermarks are kept up to date in
- * both modes, so that the first claim in watermark mode already has them.
+ * asyncjobs.claim_watermark_threshold = 0 turns watermarks off: every
+ * claim starts from the start.
  *
  * An operation for which a claim took nothing keeps its watermark: the
  * jobs after it are just not there yet.  At most MAX_WATERMARKS operations
@@ -214,14 +224,20 @@ static MemoryContext watermark_context = NULL;
 static ClaimWatermark watermarks[MAX_WATERMARKS];
 static int	n_watermarks = 0;
 static uint64 claim_count = 0;
+static TimestampTz last_full_claim = 0;
+
+/* the claim's jobs all wait again (its fused batch was rolled back) */
+static bool claim_undone = false;
 
 static bool full_claim_due(TimestampTz now);
 static int64 claim_index_misses(Oid indexid);
 static void watermark_note(const char *operation, int32 priority,
 						   TimestampTz runafter, int64 id);
 static void watermark_args(Datum *args, char *nulls);
-static void watermark_decide(bool full, TimestampTz start, int64 misses,
-							 int64 buffers, int n);
+static void watermark_decide(const char *from, bool full, TimestampTz start,
+							 int64 misses, int64 buffers, int n);
+static void watermark_publish(void);
+static void watermark_lower(const AsyncJob *job);
 
 void
 asyncjobs_worker_main(Datum main_arg)
@@ -360,6 +376,24 @@ asyncjobs_worker_main(Datum main_arg)
 				asyncjobs_inflight_clear();
 
 				/*
+				 * The claim's jobs that wait again (those a fused batch that
+				 * stopped early did not run, or all if it was rolled back)
+				 * sort before the watermarks: this worker's next claim starts
+				 * before them (the others' claims skipped them as locked).
+				 * Jobs that depended on a job done may sort before anyone's:
+				 * the whole pool starts from the start.
+				 */
+				for (i = claim_undone ? 0 : ran; i < n; i++)
+					watermark_lower(&jobs[i]);
+				claim_undone = false;
+				for (i = 0; i < n; i++)
+					if (jobs[i].dependent)
+					{
+						asyncjobs_reset_fronts(MyDatabaseId);
+						break;
+					}
+
+				/*
 				 * A fused batch that stopped early left its other jobs waiting:
 				 * a job that ran too long, a bulk delete or a cancel asks for a
 				 * claim that marks it InProgress next.
@@ -436,6 +470,8 @@ worker_detach(int code, Datum arg)
 	if (MySlot == NULL)
 		return;
 	asyncjobs_inflight_remove();
+	/* the jobs of a fused batch it rolled back wait again: see claim fronts */
+	asyncjobs_reset_fronts(MyDatabaseId);
 	LWLockAcquire(AsyncJobs->lock, LW_EXCLUSIVE);
 	if (MySlot->worker_id == MyWorkerId)
 	{
@@ -573,6 +609,7 @@ claim_jobs(AsyncJob **jobs, int limit, bool fused)
 	Datum		args[8];
 	char		nulls[8] = {' ', ' ', ' ', 'n', 'n', 'n', 'n', ' '};
 	bool		claim_fused = false;
+	bool		told = false;	/* to forget the watermarks */
 	MemoryContext callercxt = CurrentMemoryContext; /* not a transaction's */
 	int			rc;
 	int			n;
@@ -583,7 +620,20 @@ claim_jobs(AsyncJob **jobs, int limit, bool fused)
 	Oid			claim_index;
 	int64		misses;
 	int64		buffers;
-	ClaimWatermark *keys;
+
+	/*
+	 * Before the claim's snapshot: told that jobs may wait before the
+	 * watermarks, forget them; and tell enqueues that this claim may not
+	 * see them (shmem.c, claim fronts).
+	 */
+	if (pg_atomic_exchange_u32(&MySlot->fronts_reset, 0) != 0 &&
+		n_watermarks > 0)
+	{
+		n_watermarks = 0;
+		MemoryContextReset(watermark_context);
+		told = true;
+	}
+	asyncjobs_publish_front_claiming();
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -623,10 +673,21 @@ claim_jobs(AsyncJob **jobs, int limit, bool fused)
 	args[2] = Int32GetDatum(limit);
 	args[7] = BoolGetDatum(fused);
 
-	/* from the watermarks while claims are expensive; from the start when due */
+	/*
+	 * From the watermarks; from the start at least every poll interval, by
+	 * turns with the other workers while claims are expensive.
+	 */
 	start = GetCurrentTimestamp();
-	full = !MySlot->watermark_mode || n_watermarks == 0 || full_claim_due(start);
-	if (!full)
+	if (n_watermarks == 0 || asyncjobs_claim_watermark_threshold == 0)
+		full = true;		/* none yet, told to forget them, or off */
+	else if (MySlot->watermark_mode)
+		full = full_claim_due(start);
+	else
+		full = TimestampDifferenceExceeds(last_full_claim, start,
+										  asyncjobs_poll_interval);
+	if (full)
+		last_full_claim = start;
+	else
 		watermark_args(args, nulls);
 
 	if (!OidIsValid(claim_index_relid))
@@ -645,7 +706,6 @@ claim_jobs(AsyncJob **jobs, int limit, bool fused)
 	claim_count++;
 	oldcxt = MemoryContextSwitchTo(batch_context);
 	*jobs = palloc0(sizeof(AsyncJob) * Max(n, 1));
-	keys = palloc(sizeof(ClaimWatermark) * Max(n, 1));
 	for (i = 0; i < n; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -669,8 +729,8 @@ claim_jobs(AsyncJob **jobs, int limit, bool fused)
 		job->timeout_ms = get_int64(tup, desc, 9, 0);
 		job->retry_delay_ms = get_int64(tup, desc, 10, 10000);
 		job->retry_delay_max_ms = get_int64(tup, desc, 11, 3600 * 1000);
-		keys[i].priority = (int32) get_int64(tup, desc, 14, 0);
-		keys[i].runafter = (TimestampTz) get_int64(tup, desc, 15, 0);
+		job->priority = (int32) get_int64(tup, desc, 14, 0);
+		job->runafter = (TimestampTz) get_int64(tup, desc, 15, 0);
 		{
 			bool		isnull;
 			Datum		d = SPI_getbinval(tup, desc, 16, &isnull);
@@ -682,6 +742,8 @@ claim_jobs(AsyncJob **jobs, int limit, bool fused)
 			d = SPI_getbinval(tup, desc, 17, &isnull);
 			job->fused = !isnull && DatumGetBool(d);
 			claim_fused = job->fused;
+			d = SPI_getbinval(tup, desc, 18, &isnull);
+			job->dependent = !isnull && DatumGetBool(d);
 		}
 	}
 	MemoryContextSwitchTo(oldcxt);
@@ -718,10 +780,63 @@ claim_jobs(AsyncJob **jobs, int limit, bool fused)
 
 	/* the jobs are ours: move the watermarks past them */
 	for (i = 0; i < n; i++)
-		watermark_note((*jobs)[i].operation, keys[i].priority,
-					   keys[i].runafter, (*jobs)[i].id);
-	watermark_decide(full, start, misses, buffers, n);
+		watermark_note((*jobs)[i].operation, (*jobs)[i].priority,
+					   (*jobs)[i].runafter, (*jobs)[i].id);
+	watermark_decide(full ? (told ? "the start (told)" : "the start") :
+					 "the watermarks", full, start, misses, buffers, n);
+	watermark_publish();
 	return n;
+}
+
+/*
+ * A job this worker claimed waits again: its operation's watermark moves
+ * back to just before it, so that the next claim takes it.
+ */
+static void
+watermark_lower(const AsyncJob *job)
+{
+	int			i;
+
+	for (i = 0; i < n_watermarks; i++)
+	{
+		ClaimWatermark *wm = &watermarks[i];
+
+		if (strcmp(wm->operation, job->operation) != 0)
+			continue;
+		if (wm->priority > job->priority ||
+			(wm->priority == job->priority &&
+			 (wm->runafter > job->runafter ||
+			  (wm->runafter == job->runafter && wm->id >= job->id))))
+		{
+			/* claims start after the watermark: after id - 1 is at id */
+			wm->priority = job->priority;
+			wm->runafter = job->runafter;
+			wm->id = job->id - 1;
+		}
+		return;
+	}
+	/* no watermark: its claims start from the start */
+}
+
+/*
+ * Publishes the greatest of the watermarks, for enqueues to compare their
+ * jobs with (shmem.c, claim fronts).
+ */
+static void
+watermark_publish(void)
+{
+	int32		priority = 0;
+	TimestampTz runafter = 0;
+	int			i;
+
+	for (i = 0; i < n_watermarks; i++)
+		if (i == 0 || watermarks[i].priority > priority ||
+			(watermarks[i].priority == priority && watermarks[i].runafter > runafter))
+		{
+			priority = watermarks[i].priority;
+			runafter = watermarks[i].runafter;
+		}
+	asyncjobs_publish_front(n_watermarks > 0, priority, runafter);
 }
 
 /*
@@ -859,16 +974,15 @@ claim_index_misses(Oid indexid)
  * watermarks, by the entries of job_claim_idx it read for nothing.
  */
 static void
-watermark_decide(bool full, TimestampTz start, int64 misses, int64 buffers,
-				 int n)
+watermark_decide(const char *from, bool full, TimestampTz start, int64 misses,
+				 int64 buffers, int n)
 {
 	int64		limit;
 	bool		expensive;
 
 	ereport(DEBUG2,
 			(errmsg_internal("asyncjobs worker %lld: a claim of %d jobs from %s read %lld entries of gone jobs and touched %lld buffers",
-							 (long long) MyWorkerId, n,
-							 full ? "the start" : "the watermarks",
+							 (long long) MyWorkerId, n, from,
 							 (long long) misses, (long long) buffers)));
 	if (!full)
 		return;
@@ -1009,6 +1123,7 @@ batch_commit(void)
 							batch_nmembers),
 					 errdetail("A job of the batch changed or removed the row of a job of the batch in asyncjobs.job (a cancel, say); the jobs run again, claimed InProgress.")));
 			classic_next = true;
+			claim_undone = true;
 			AbortCurrentTransaction();
 			asyncjobs_rollup_buffer(false);
 			batch_open = false;

@@ -314,7 +314,7 @@ RETURNS TABLE (asyncoperationid bigint, messagename text, operationtype int,
                handler oid, timeout_ms bigint, retry_delay_ms bigint,
                retry_delay_max_ms bigint, leasetoken uuid,
                leaseexpires timestamptz, priority int, runafter timestamptz,
-               tuple_id tid, fused boolean)
+               tuple_id tid, fused boolean, dependent boolean)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 -- the claim touches a handful of rows: never worth compiling
@@ -364,7 +364,8 @@ BEGIN
                 SELECT j.asyncoperationid AS id, j.priority AS prio,
                        j.runafter AS due, j.messagename AS op, j.operationtype AS optype,
                        j.ownerid AS owner, j.data AS jdata, j.retrycount AS retries,
-                       j.maxretries AS maxr, j.ctid AS tid
+                       j.maxretries AS maxr, j.ctid AS tid,
+                       j.dependencytoken IS NOT NULL AS dep
                   FROM asyncjobs.job j
                  WHERE j.messagename = t.name
                    AND j.statuscode IN (0, 10, 11)
@@ -384,7 +385,7 @@ BEGIN
                (extract(epoch FROM w.timeout) * 1000)::bigint,
                (extract(epoch FROM w.retry_delay) * 1000)::bigint,
                (extract(epoch FROM w.retry_delay_max) * 1000)::bigint,
-               NULL::uuid, NULL::timestamptz, w.prio, w.due, w.tid, true
+               NULL::uuid, NULL::timestamptz, w.prio, w.due, w.tid, true, w.dep
           FROM (SELECT o.*, row_number() OVER (PARTITION BY o.op
                                                ORDER BY o.prio, o.due, o.id) AS rn
                   FROM offered o) w
@@ -466,11 +467,11 @@ BEGIN
                   (extract(epoch FROM t.retry_delay) * 1000)::bigint AS delay_ms,
                   (extract(epoch FROM t.retry_delay_max) * 1000)::bigint AS delay_max_ms,
                   j.leasetoken, j.leaseexpires, j.priority, j.runafter,
-                  j.ctid)
+                  j.ctid, j.dependencytoken IS NOT NULL AS dep)
     SELECT k.asyncoperationid, k.messagename, k.operationtype, k.ownerid,
            k.data, k.retrycount, k.maxretries, k.handler, k.timeout_ms,
            k.delay_ms, k.delay_max_ms, k.leasetoken, k.leaseexpires,
-           k.priority, k.runafter, k.ctid, false
+           k.priority, k.runafter, k.ctid, false, k.dep
       FROM taken k
      ORDER BY array_position(ids, k.asyncoperationid);
 END
@@ -687,6 +688,9 @@ BEGIN
                attempts = attempts || attempt
          WHERE asyncoperationid = job_id;
         PERFORM asyncjobs._rollup_add(op, owner, NULL, NULL, 1);
+        -- waiting again at its old place in the claim order, before where
+        -- the workers' claims now start (src/worker.c, claim watermarks)
+        PERFORM asyncjobs._wake_at_commit();
     END IF;
 END
 $$;
