@@ -179,5 +179,40 @@ is( $node->safe_psql('postgres',
 	'app|false',
 	'and still runs as app after the failed attempts to climb');
 
+# A handler the job's owner may no longer execute when the job runs (it
+# could at its enqueue, which checks): the job fails, as a statement
+# calling the handler would; a job of the same operation whose owner may
+# execute it runs, and returns the handler's result.
+$node->safe_psql(
+	'postgres', q{
+	CREATE FUNCTION public.private_handler(data jsonb) RETURNS jsonb
+	LANGUAGE sql AS $$ SELECT jsonb_build_object('ran_as', current_user::text) $$;
+	REVOKE EXECUTE ON FUNCTION public.private_handler(jsonb) FROM PUBLIC;
+	GRANT EXECUTE ON FUNCTION public.private_handler(jsonb) TO app;
+	SELECT asyncjobs.register_operation('private', 'public.private_handler(jsonb)',
+	                                    max_retries => 0);
+	SELECT asyncjobs.pause_operation('private');
+});
+my $private = $node->psql_as('app', 'postgres',
+	q{SELECT asyncjobs.enqueue('private', '{}')});
+my $allowed = $node->safe_psql('postgres', q{SELECT asyncjobs.enqueue('private', '{}')});
+$node->safe_psql(
+	'postgres', q{
+	REVOKE EXECUTE ON FUNCTION public.private_handler(jsonb) FROM app;
+	SELECT asyncjobs.resume_operation('private');
+});
+is($node->wait_for_job('postgres', $private),
+	31, "a job whose handler its owner may no longer execute fails");
+$j = $node->job('postgres', $private);
+is($j->{errorcode}, '42501', '... with insufficient_privilege');
+like($j->{message}, qr/permission denied for function private_handler/,
+	'... naming the handler');
+is($node->wait_for_job('postgres', $allowed), 30, "the superuser's job of it succeeds");
+is( $node->safe_psql(
+		'postgres',
+		"SELECT result->>'ran_as' FROM asyncjobs.asyncoperation WHERE asyncoperationid = $allowed"),
+	$superuser,
+	'... with the result of the handler, run as its owner');
+
 $node->stop;
 done_testing();
