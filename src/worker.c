@@ -52,6 +52,8 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -142,6 +144,9 @@ static bool run_maintenance(const char *sql);
 
 
 static void write_trace(AsyncJob *job, AsyncJobOutcome *outcome);
+static Jsonb *success_attempt(AsyncJob *job, AsyncJobOutcome *outcome);
+static void push_jsonb_string(JsonbParseState **state, JsonbIteratorToken token,
+							  const char *str);
 
 /*
  * Claim watermarks.
@@ -532,31 +537,6 @@ asyncjobs_prepare_kept(const char *sql, int nargs, Oid *argtypes)
 	return plan;
 }
 
-static char *
-get_text(HeapTuple tup, TupleDesc desc, int col)
-{
-	return SPI_getvalue(tup, desc, col);
-}
-
-static int64
-get_int64(HeapTuple tup, TupleDesc desc, int col, int64 dflt)
-{
-	bool		isnull;
-	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
-
-	if (isnull)
-		return dflt;
-	switch (SPI_gettypeid(desc, col))
-	{
-		case INT4OID:
-			return DatumGetInt32(d);
-		case OIDOID:
-			return DatumGetObjectId(d);
-		default:
-			return DatumGetInt64(d);
-	}
-}
-
 /*
  * claim_jobs(), except that a claim failing because the extension was just
  * dropped (its functions are gone) ends the worker quietly.
@@ -603,6 +583,9 @@ claim_or_exit(AsyncJob **jobs, int limit, bool fused)
  * batch's jobs are run in it, or not at all: once it commits (by size or
  * age) the others are free again (RUN_RELEASED).
  */
+/* the columns of asyncjobs._claim's rows */
+#define CLAIM_COLUMNS 18
+
 static int
 claim_jobs(AsyncJob **jobs, int limit, bool fused)
 {
@@ -703,48 +686,41 @@ claim_jobs(AsyncJob **jobs, int limit, bool fused)
 	misses = claim_index_misses(claim_index) - misses;
 
 	n = (int) SPI_processed;
+	if (n > 0 && SPI_tuptable->tupdesc->natts != CLAIM_COLUMNS)
+		elog(ERROR, "asyncjobs._claim returned %d columns, not %d",
+			 SPI_tuptable->tupdesc->natts, CLAIM_COLUMNS);
 	claim_count++;
 	oldcxt = MemoryContextSwitchTo(batch_context);
 	*jobs = palloc0(sizeof(AsyncJob) * Max(n, 1));
 	for (i = 0; i < n; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
 		AsyncJob   *job = &(*jobs)[i];
+		Datum		v[CLAIM_COLUMNS];
+		bool		null[CLAIM_COLUMNS];
 
-		job->id = get_int64(tup, desc, 1, 0);
-		job->operation = get_text(tup, desc, 2);
-		job->operationtype = (int) get_int64(tup, desc, 3, 0);
-		job->owner = (Oid) get_int64(tup, desc, 4, InvalidOid);
-		{
-			bool		isnull;
-			Datum		d = SPI_getbinval(tup, desc, 5, &isnull);
-
-			/* data is NOT NULL; kept as jsonb, not a text to parse again */
-			job->data = isnull ? NULL : DatumGetJsonbPCopy(d);
-		}
-		job->retrycount = (int) get_int64(tup, desc, 6, 0);
-		job->maxretries = (int) get_int64(tup, desc, 7, 0);
-		job->handler = (Oid) get_int64(tup, desc, 8, InvalidOid);
-		job->timeout_ms = get_int64(tup, desc, 9, 0);
-		job->retry_delay_ms = get_int64(tup, desc, 10, 10000);
-		job->retry_delay_max_ms = get_int64(tup, desc, 11, 3600 * 1000);
-		job->priority = (int32) get_int64(tup, desc, 14, 0);
-		job->runafter = (TimestampTz) get_int64(tup, desc, 15, 0);
-		{
-			bool		isnull;
-			Datum		d = SPI_getbinval(tup, desc, 16, &isnull);
-
-			if (isnull)
-				ItemPointerSetInvalid(&job->tid);
-			else
-				ItemPointerCopy((ItemPointer) DatumGetPointer(d), &job->tid);
-			d = SPI_getbinval(tup, desc, 17, &isnull);
-			job->fused = !isnull && DatumGetBool(d);
-			claim_fused = job->fused;
-			d = SPI_getbinval(tup, desc, 18, &isnull);
-			job->dependent = !isnull && DatumGetBool(d);
-		}
+		/* once per row: reading column by column walked the row each time */
+		heap_deform_tuple(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, v, null);
+		job->id = DatumGetInt64(v[0]);
+		job->operation = TextDatumGetCString(v[1]);
+		job->operationtype = null[2] ? 0 : DatumGetInt32(v[2]);
+		job->owner = null[3] ? InvalidOid : DatumGetObjectId(v[3]);
+		/* data is NOT NULL; kept as jsonb, not a text to parse again */
+		job->data = null[4] ? NULL : DatumGetJsonbPCopy(v[4]);
+		job->retrycount = null[5] ? 0 : DatumGetInt32(v[5]);
+		job->maxretries = null[6] ? 0 : DatumGetInt32(v[6]);
+		job->handler = null[7] ? InvalidOid : DatumGetObjectId(v[7]);
+		job->timeout_ms = null[8] ? 0 : DatumGetInt64(v[8]);
+		job->retry_delay_ms = null[9] ? 10000 : DatumGetInt64(v[9]);
+		job->retry_delay_max_ms = null[10] ? 3600 * 1000 : DatumGetInt64(v[10]);
+		job->priority = null[13] ? 0 : DatumGetInt32(v[13]);
+		job->runafter = null[14] ? 0 : DatumGetTimestampTz(v[14]);
+		if (null[15])
+			ItemPointerSetInvalid(&job->tid);
+		else
+			ItemPointerCopy((ItemPointer) DatumGetPointer(v[15]), &job->tid);
+		job->fused = !null[16] && DatumGetBool(v[16]);
+		claim_fused = job->fused;
+		job->dependent = !null[17] && DatumGetBool(v[17]);
 	}
 	MemoryContextSwitchTo(oldcxt);
 
@@ -1073,7 +1049,7 @@ typedef struct DeferredOutcome
 {
 	AsyncJob   *job;
 	char	   *result;			/* jsonb text or NULL */
-	char	   *attempt;		/* the attempt's jsonb text */
+	Jsonb	   *attempt;		/* the attempt's entry */
 	TimestampTz started;
 	TimestampTz ended;
 	double		timespan;
@@ -1087,6 +1063,88 @@ static int	maxdeferred = 0;
 static bool batch_redo = false;
 
 static SPIPlanPtr flush_plan = NULL;
+
+/*
+ * The ids of the deferred outcomes being flushed, sorted, each with its
+ * position (from 1) in the flush's arrays: asyncjobs._batch_position().
+ */
+typedef struct BatchPosition
+{
+	int64		id;
+	int			position;
+} BatchPosition;
+
+static BatchPosition *batch_positions = NULL;
+static int	n_batch_positions = 0;
+static int	max_batch_positions = 0;
+
+static int
+batch_position_cmp(const void *a, const void *b)
+{
+	int64		x = ((const BatchPosition *) a)->id;
+	int64		y = ((const BatchPosition *) b)->id;
+
+	return (x > y) - (x < y);
+}
+
+/* the positions of the deferred outcomes, for the flush about to run */
+static void
+batch_position_set(void)
+{
+	int			i;
+
+	if (ndeferred > max_batch_positions)
+	{
+		max_batch_positions = Max(ndeferred, 64);
+		if (batch_positions)
+			pfree(batch_positions);
+		batch_positions = MemoryContextAlloc(TopMemoryContext,
+											 sizeof(BatchPosition) * max_batch_positions);
+	}
+	for (i = 0; i < ndeferred; i++)
+	{
+		batch_positions[i].id = deferred[i].job->id;
+		batch_positions[i].position = i + 1;
+	}
+	qsort(batch_positions, ndeferred, sizeof(BatchPosition), batch_position_cmp);
+	n_batch_positions = ndeferred;
+}
+
+/* the position of a job of the flush's batch, 0 if none */
+static int
+batch_position(int64 id)
+{
+	int			lo = 0;
+	int			hi = n_batch_positions - 1;
+
+	while (lo <= hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+
+		if (batch_positions[mid].id == id)
+			return batch_positions[mid].position;
+		if (batch_positions[mid].id < id)
+			lo = mid + 1;
+		else
+			hi = mid - 1;
+	}
+	return 0;
+}
+
+/*
+ * asyncjobs._batch_position(id bigint) RETURNS int: in a worker's outcome
+ * statement, the job's position in the batch's arrays; NULL elsewhere.
+ */
+PG_FUNCTION_INFO_V1(asyncjobs_batch_position);
+Datum
+asyncjobs_batch_position(PG_FUNCTION_ARGS)
+{
+	int			position = batch_position(PG_GETARG_INT64(0));
+
+	if (position == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT32(position);
+}
 
 /*
  * Commits the open batch, if any, and does what follows the commit of its
@@ -1197,7 +1255,6 @@ batch_commit(void)
 static bool
 flush_deferred(void)
 {
-	Datum	   *ids = palloc(sizeof(Datum) * ndeferred);
 	Datum	   *results = palloc(sizeof(Datum) * ndeferred);
 	bool	   *result_nulls = palloc(sizeof(bool) * ndeferred);
 	Datum	   *starts = palloc(sizeof(Datum) * ndeferred);
@@ -1208,7 +1265,7 @@ flush_deferred(void)
 	bool	   *written = palloc0(sizeof(bool) * ndeferred);
 	int			dims[1] = {ndeferred};
 	int			lbs[1] = {1};
-	Datum		args[9];
+	Datum		args[8];
 	int			rc;
 	int			i;
 	bool		ok = true;
@@ -1217,32 +1274,30 @@ flush_deferred(void)
 	{
 		DeferredOutcome *d = &deferred[i];
 
-		ids[i] = Int64GetDatum(d->job->id);
 		result_nulls[i] = (d->result == NULL);
 		results[i] = d->result ? CStringGetTextDatum(d->result) : (Datum) 0;
 		starts[i] = TimestampTzGetDatum(d->started);
 		ends[i] = TimestampTzGetDatum(d->ended);
 		spans[i] = Float8GetDatum(d->timespan);
-		attempts[i] = CStringGetTextDatum(d->attempt);
+		attempts[i] = JsonbPGetDatum(d->attempt);
 		tids[i] = PointerGetDatum(&d->job->tid);
 	}
-	args[0] = PointerGetDatum(construct_array(ids, ndeferred, INT8OID, 8,
-											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[1] = PointerGetDatum(construct_md_array(results, result_nulls, 1, dims, lbs,
+	args[0] = PointerGetDatum(construct_md_array(results, result_nulls, 1, dims, lbs,
 												 TEXTOID, -1, false, TYPALIGN_INT));
-	args[2] = PointerGetDatum(construct_array(starts, ndeferred, TIMESTAMPTZOID, 8,
+	args[1] = PointerGetDatum(construct_array(starts, ndeferred, TIMESTAMPTZOID, 8,
 											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[3] = PointerGetDatum(construct_array(ends, ndeferred, TIMESTAMPTZOID, 8,
+	args[2] = PointerGetDatum(construct_array(ends, ndeferred, TIMESTAMPTZOID, 8,
 											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[4] = PointerGetDatum(construct_array(spans, ndeferred, FLOAT8OID, 8,
+	args[3] = PointerGetDatum(construct_array(spans, ndeferred, FLOAT8OID, 8,
 											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[5] = PointerGetDatum(construct_array(attempts, ndeferred, TEXTOID, -1,
+	args[4] = PointerGetDatum(construct_array(attempts, ndeferred, JSONBOID, -1,
 											  false, TYPALIGN_INT));
-	args[6] = PointerGetDatum(construct_array(tids, ndeferred, TIDOID,
+	args[5] = PointerGetDatum(construct_array(tids, ndeferred, TIDOID,
 											  sizeof(ItemPointerData), false,
 											  TYPALIGN_SHORT));
-	args[7] = BoolGetDatum(batch_fused);
-	args[8] = CStringGetTextDatum(MyHostId);
+	args[6] = BoolGetDatum(batch_fused);
+	args[7] = CStringGetTextDatum(MyHostId);
+	batch_position_set();
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -1252,44 +1307,46 @@ flush_deferred(void)
 
 	if (flush_plan == NULL)
 	{
-		Oid			types[9] = {INT8ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
-		TIMESTAMPTZARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID, TIDARRAYOID,
+		Oid			types[8] = {TEXTARRAYOID, TIMESTAMPTZARRAYOID,
+		TIMESTAMPTZARRAYOID, FLOAT8ARRAYOID, JSONBARRAYOID, TIDARRAYOID,
 		BOOLOID, TEXTOID};
 
 		/*
 		 * finish_direct_plan for many jobs that succeeded (keep the two
 		 * alike): each takes its outcome from the arrays at its id's
-		 * position.  The rows are found by the tuple ids the claim
-		 * returned (a Tid Scan), not by a search of the primary key per
-		 * job.  A row that changed since (a cancel or pause) is at another
-		 * tuple id and fails the statuscode test anyway; the id test keeps
-		 * a tuple id that came to hold another row (VACUUM FULL between
-		 * claim and batch) from matching.  A row not found here gets its
-		 * outcome by id, on its own (below), as a recurring job does.  In
-		 * a fused batch ($8) the rows are not InProgress but locked by this
-		 * transaction since the claim: nobody else changed them, and the
-		 * worker's host is written here.
+		 * position in the batch (asyncjobs._batch_position: a binary
+		 * search, where array_position and "= ANY" over the ids cost the
+		 * flush of n jobs n * n comparisons).  The rows are found by the
+		 * tuple ids the claim returned (a Tid Scan), not by a search of
+		 * the primary key per job.  A row that changed since (a cancel or
+		 * pause) is at another tuple id and fails the statuscode test
+		 * anyway; the id test keeps a tuple id that came to hold another
+		 * row (VACUUM FULL between claim and batch) from matching.  A row
+		 * not found here gets its outcome by id, on its own (below), as a
+		 * recurring job does.  In a fused batch ($7) the rows are not
+		 * InProgress but locked by this transaction since the claim:
+		 * nobody else changed them, and the worker's host is written here.
 		 */
 		flush_plan = asyncjobs_prepare_kept(
 			"WITH d AS (DELETE FROM asyncjobs.job j "
-			"       WHERE j.ctid OPERATOR(pg_catalog.=) ANY ($7) "
-			"         AND j.asyncoperationid OPERATOR(pg_catalog.=) ANY ($1) "
-			"         AND ($8 OR j.statuscode OPERATOR(pg_catalog.=) 20) "
+			"       WHERE j.ctid OPERATOR(pg_catalog.=) ANY ($6) "
+			"         AND asyncjobs._batch_position(j.asyncoperationid) IS NOT NULL "
+			"         AND ($7 OR j.statuscode OPERATOR(pg_catalog.=) 20) "
 			"         AND j.recurrencepattern IS NULL "
-			"      RETURNING j.*, pg_catalog.array_position($1, j.asyncoperationid) AS i) "
+			"      RETURNING j.*, asyncjobs._batch_position(j.asyncoperationid) AS i) "
 			INSERT_HISTORY
 			"SELECT d.asyncoperationid, d.name, d.operationtype, d.messagename, 3, "
 			"  30, d.ownerid, d.createdon, pg_catalog.clock_timestamp(), "
-			"  $3[d.i], $4[d.i], d.postponeuntil, $5[d.i], "
+			"  $2[d.i], $3[d.i], d.postponeuntil, $4[d.i], "
 			"  d.retrycount, d.maxretries, NULL, NULL, NULL, d.data, "
-			"  $2[d.i]::pg_catalog.jsonb, d.priority, d.depth, "
+			"  $1[d.i]::pg_catalog.jsonb, d.priority, d.depth, "
 			"  d.correlationid, d.correlationupdatedtime, d.dependencytoken, "
 			"  d.dedupekey, d.recurrencepattern, d.recurrencestarttime, "
-			"  d.regardingobjectid, CASE WHEN $8 THEN $9 ELSE d.hostid END, d.parentid, "
-			"  d.attempts OPERATOR(pg_catalog.||) $6[d.i]::pg_catalog.jsonb "
+			"  d.regardingobjectid, CASE WHEN $7 THEN $8 ELSE d.hostid END, d.parentid, "
+			"  d.attempts OPERATOR(pg_catalog.||) $5[d.i] "
 			"FROM d RETURNING asyncoperationid, messagename, ownerid::pg_catalog.oid, "
 			"  executiontimespan",
-			9, types);
+			8, types);
 	}
 
 	rc = SPI_execute_plan(flush_plan, args, NULL, false, 0);
@@ -1306,17 +1363,16 @@ flush_deferred(void)
 		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		Oid			owner = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
 		double		ts = DatumGetFloat8(SPI_getbinval(tup, desc, 4, &isnull));
-		int			j;
+		int			j = batch_position(id) - 1;
 
-		for (j = 0; j < ndeferred; j++)
-			if (deferred[j].job->id == id)
-			{
-				written[j] = true;
-				asyncjobs_rollup_event(deferred[j].job->operation, owner,
-									   AJ_STATUS_SUCCEEDED, !isnull, ts, 0, false);
-				break;
-			}
+		if (j >= 0)
+		{
+			written[j] = true;
+			asyncjobs_rollup_event(deferred[j].job->operation, owner,
+								   AJ_STATUS_SUCCEEDED, !isnull, ts, 0, false);
+		}
 	}
+	n_batch_positions = 0;
 	PopActiveSnapshot();
 	SPI_finish();
 
@@ -1523,7 +1579,7 @@ record_or_defer(AsyncJob *job, AsyncJobOutcome *outcome)
 	d = &deferred[ndeferred++];
 	d->job = job;
 	d->result = outcome->result;
-	d->attempt = asyncjobs_attempt_json(job, outcome, "succeeded");
+	d->attempt = success_attempt(job, outcome);
 	d->started = outcome->started;
 	d->ended = outcome->ended;
 	d->timespan = (double) (outcome->ended - outcome->started) / USECS_PER_SEC;
@@ -1824,6 +1880,46 @@ write_trace(AsyncJob *job, AsyncJobOutcome *outcome)
 	args[4] = Int32GetDatum((int32) Min((outcome->ended - outcome->started) / 1000, (int64) INT_MAX));
 	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "asyncjobs could not write the trace of job %lld", (long long) job->id);
+}
+
+/*
+ * The attempts entry of a job that succeeded, as asyncjobs_attempt_json
+ * writes it, built as jsonb: the batch's outcome statement takes it as it
+ * is, where parsing the text was a twentieth of a short job's time.
+ */
+static Jsonb *
+success_attempt(AsyncJob *job, AsyncJobOutcome *outcome)
+{
+	JsonbParseState *state = NULL;
+	JsonbValue	v;
+
+	/* keys in jsonb's order (by length, then bytes): no reordering */
+	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	push_jsonb_string(&state, WJB_KEY, "ended");
+	push_jsonb_string(&state, WJB_VALUE, timestamptz_to_str(outcome->ended));
+	push_jsonb_string(&state, WJB_KEY, "worker");
+	push_jsonb_string(&state, WJB_VALUE, MyHostId);
+	push_jsonb_string(&state, WJB_KEY, "attempt");
+	v.type = jbvNumeric;
+	v.val.numeric = int64_to_numeric(job->retrycount + 1);
+	(void) pushJsonbValue(&state, WJB_VALUE, &v);
+	push_jsonb_string(&state, WJB_KEY, "outcome");
+	push_jsonb_string(&state, WJB_VALUE, "succeeded");
+	push_jsonb_string(&state, WJB_KEY, "started");
+	push_jsonb_string(&state, WJB_VALUE, timestamptz_to_str(outcome->started));
+	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
+}
+
+static void
+push_jsonb_string(JsonbParseState **state, JsonbIteratorToken token,
+				  const char *str)
+{
+	JsonbValue	v;
+
+	v.type = jbvString;
+	v.val.string.val = pstrdup(str);
+	v.val.string.len = strlen(str);
+	(void) pushJsonbValue(state, token, &v);
 }
 
 /*

@@ -648,6 +648,13 @@ RETURNS boolean
 LANGUAGE C STRICT VOLATILE
 AS 'MODULE_PATHNAME', 'asyncjobs_interrupt_worker';
 
+-- In a worker's statement that writes the outcomes of a batch of jobs: the
+-- job's position in the statement's arrays (src/worker.c); NULL elsewhere.
+CREATE FUNCTION asyncjobs._batch_position(job_id bigint)
+RETURNS int
+LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'asyncjobs_batch_position';
+
 -- Wakes an idle worker of this database when the transaction commits.
 CREATE FUNCTION asyncjobs._wake_at_commit()
 RETURNS void
