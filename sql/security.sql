@@ -77,12 +77,16 @@ SELECT asyncjobs.pause_operation('sec_bob'), asyncjobs.resume_operation('sec_bob
 RESET ROLE;
 
 -- the pool is public; the job a worker runs shows only to who may see it
+-- (running InProgress: a job caught in a fused batch soon yields, and is
+-- not running for a moment before it runs on its own)
 CREATE FUNCTION pg_temp.running(job bigint) RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
     FOR i IN 1..600 LOOP
         IF EXISTS (SELECT 1 FROM asyncjobs.workers w
-                    WHERE w.asyncoperationid = job AND w.state = 'running') THEN
+                    WHERE w.asyncoperationid = job AND w.state = 'running')
+           AND EXISTS (SELECT 1 FROM asyncjobs.job j
+                        WHERE j.asyncoperationid = job AND j.statecode = 2) THEN
             RETURN true;
         END IF;
         PERFORM pg_sleep(0.05);

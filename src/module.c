@@ -28,7 +28,7 @@ PG_MODULE_MAGIC;
 /*---- GUC variables ----*/
 int			asyncjobs_max_workers = 2;
 int			asyncjobs_poll_interval = 1000;
-int			asyncjobs_batch_size = 100;
+int			asyncjobs_batch_size = 500;
 int			asyncjobs_batch_max_age = 50;
 int			asyncjobs_claim_watermark_threshold = 10000;
 bool		asyncjobs_enabled = true;
@@ -129,7 +129,7 @@ _PG_init(void)
 							"at the jobs' recent average run time, and one job at a time while jobs "
 							"run longer than 20 ms.",
 							&asyncjobs_batch_size,
-							100, 1, 1000,
+							500, 1, 1000,
 							PGC_SIGHUP,
 							0,
 							NULL, NULL, NULL);
