@@ -56,7 +56,7 @@ static TimestampTz enqueued_runafter = 0;
 
 static void asyncjobs_shmem_request_hook(void);
 static void asyncjobs_xact_callback(XactEvent event, void *arg);
-static void check_fronts(Oid dboid, int32 priority, TimestampTz runafter);
+static void tell_workers(Oid dboid, bool all, int32 priority, TimestampTz runafter);
 
 static Size
 asyncjobs_shmem_size(void)
@@ -206,7 +206,8 @@ asyncjobs_xact_callback(XactEvent event, void *arg)
 			if (fronts_reset_pending)
 				asyncjobs_reset_fronts(MyDatabaseId);
 			else if (enqueued_pending)
-				check_fronts(MyDatabaseId, enqueued_priority, enqueued_runafter);
+				tell_workers(MyDatabaseId, false, enqueued_priority,
+							 enqueued_runafter);
 			fronts_reset_pending = false;
 			enqueued_pending = false;
 			if (wake_pending)
@@ -358,45 +359,17 @@ asyncjobs_publish_front(bool any, int32 priority, TimestampTz runafter)
 						any ? front_encode_priority(priority) : 0);
 }
 
-static void
-set_fronts_reset(AsyncJobsSlot *slot)
-{
-	/* written only when clear: most commits write no shared memory */
-	if (pg_atomic_read_u32(&slot->fronts_reset) == 0)
-		pg_atomic_write_u32(&slot->fronts_reset, 1);
-}
-
 /*
- * Every worker of the database claims from the start next.  No lock, as
- * in asyncjobs_wake_database: a slot given to another worker meanwhile
- * gets a reset it does not need.
- */
-void
-asyncjobs_reset_fronts(Oid dboid)
-{
-	int			i;
-
-	if (AsyncJobs == NULL)
-		return;
-	pg_memory_barrier();
-	for (i = 0; i < AsyncJobs->n_slots; i++)
-	{
-		AsyncJobsSlot *slot = &AsyncJobs->slots[i];
-
-		if (slot->dboid == dboid)
-			set_fronts_reset(slot);
-	}
-}
-
-/*
- * After the commit of an enqueue whose first job in claim order has this
- * priority and due time: the workers whose front is at or after it claim
- * from the start next.  Operations are not compared: the front is the
- * greatest watermark of any operation, so this errs on the side of a
- * reset.
+ * Tells the workers of the database to claim from the start next: all of
+ * them, or (after the commit of an enqueue whose first job in claim order
+ * has this priority and due time) those whose front is at or after it.
+ * Operations are not compared: the front is the greatest watermark of any
+ * operation, so this errs on the side of a reset.  No lock, as in
+ * asyncjobs_wake_database: a slot given to another worker meanwhile gets
+ * a reset it does not need.
  */
 static void
-check_fronts(Oid dboid, int32 priority, TimestampTz runafter)
+tell_workers(Oid dboid, bool all, int32 priority, TimestampTz runafter)
 {
 	uint32		p = front_encode_priority(priority);
 	uint64		r = front_encode_runafter(runafter);
@@ -413,14 +386,27 @@ check_fronts(Oid dboid, int32 priority, TimestampTz runafter)
 
 		if (slot->dboid != dboid)
 			continue;
-		fp = pg_atomic_read_u32(&slot->front_priority);
-		pg_read_barrier();
-		fr = pg_atomic_read_u64(&slot->front_runafter);
-		if (fp == 0 && fr == 0)
-			continue;			/* no watermarks: it claims from the start */
-		if (p < fp || (p == fp && r <= fr))
-			set_fronts_reset(slot);
+		if (!all)
+		{
+			fp = pg_atomic_read_u32(&slot->front_priority);
+			pg_read_barrier();
+			fr = pg_atomic_read_u64(&slot->front_runafter);
+			if (fp == 0 && fr == 0)
+				continue;		/* no watermarks: it claims from the start */
+			if (p > fp || (p == fp && r > fr))
+				continue;		/* after its front: its claims find it */
+		}
+		/* written only when clear: most commits write no shared memory */
+		if (pg_atomic_read_u32(&slot->fronts_reset) == 0)
+			pg_atomic_write_u32(&slot->fronts_reset, 1);
 	}
+}
+
+/* every worker of the database claims from the start next */
+void
+asyncjobs_reset_fronts(Oid dboid)
+{
+	tell_workers(dboid, true, 0, 0);
 }
 
 /*
