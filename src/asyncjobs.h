@@ -186,7 +186,6 @@ extern void asyncjobs_quiesce_database(Oid dboid, bool on);
 extern bool asyncjobs_worker_live(int64 worker_id);
 extern void asyncjobs_enqueued_at_commit(int32 priority, TimestampTz runafter);
 extern void asyncjobs_reset_fronts(Oid dboid);
-extern void asyncjobs_publish_front_claiming(void);
 extern void asyncjobs_publish_front(bool any, int32 priority, TimestampTz runafter);
 
 /* ---- monitor.c ---- */

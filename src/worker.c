@@ -180,7 +180,9 @@ static void push_jsonb_string(JsonbParseState **state, JsonbIteratorToken token,
  *   watermark back before them.
  * What nobody tells -- a postponed or retried job that falls due before a
  * watermark (one of a higher priority than the backlog), a change made
- * with plain SQL -- waits for a full claim, which runs at least every
+ * with plain SQL, an enqueue that commits during a claim with a job that
+ * claim misses and sorts before its new watermarks -- waits for a full
+ * claim, which runs at least every
  * asyncjobs.poll_interval: the time an idle worker may already take to see
  * a postponed job fall due.
  *
@@ -188,7 +190,8 @@ static void push_jsonb_string(JsonbParseState **state, JsonbIteratorToken token,
  * mark entries dead; while the horizon is held back each visits the heap
  * tuples of all the jobs done since it was pinned.  Then the workers take
  * turns (full_claim_due), so that the pool pays for one such scan a
- * second, not one per worker.  The measure of expensive is deterministic
+ * second, not one per worker, and less often once a scan takes longer
+ * than a twentieth of that: its cost grows with the hold.  The measure of expensive is deterministic
  * and counts exactly that waste: the entries of job_claim_idx that a full
  * claim read without finding a tuple its snapshot sees (the index's tuples
  * returned minus heap tuples fetched, from the backend's pending
@@ -230,6 +233,10 @@ static ClaimWatermark watermarks[MAX_WATERMARKS];
 static int	n_watermarks = 0;
 static uint64 claim_count = 0;
 static TimestampTz last_full_claim = 0;
+static int64 full_claim_us = 0;	/* how long the last one took */
+
+/* in watermark mode, claims from the start take at most 1/20 of the time */
+#define FULL_CLAIM_SPACING			20
 
 /* the claim's jobs all wait again (its fused batch was rolled back) */
 static bool claim_undone = false;
@@ -604,11 +611,7 @@ claim_jobs(AsyncJob **jobs, int limit, bool fused)
 	int64		misses;
 	int64		buffers;
 
-	/*
-	 * Before the claim's snapshot: told that jobs may wait before the
-	 * watermarks, forget them; and tell enqueues that this claim may not
-	 * see them (shmem.c, claim fronts).
-	 */
+	/* told that jobs may wait before the watermarks: forget them */
 	if (pg_atomic_exchange_u32(&MySlot->fronts_reset, 0) != 0 &&
 		n_watermarks > 0)
 	{
@@ -616,7 +619,6 @@ claim_jobs(AsyncJob **jobs, int limit, bool fused)
 		MemoryContextReset(watermark_context);
 		told = true;
 	}
-	asyncjobs_publish_front_claiming();
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -682,6 +684,8 @@ claim_jobs(AsyncJob **jobs, int limit, bool fused)
 	rc = SPI_execute_plan(claim_plan, args, nulls, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "asyncjobs claim failed: %s", SPI_result_code_string(rc));
+	if (full)
+		full_claim_us = GetCurrentTimestamp() - start;
 	buffers = pgBufferUsage.shared_blks_hit + pgBufferUsage.shared_blks_read - buffers;
 	misses = claim_index_misses(claim_index) - misses;
 
@@ -818,7 +822,10 @@ watermark_publish(void)
 /*
  * In watermark mode: is a claim from the start due, that is, has no worker
  * of the database in watermark mode (this one included) started one within
- * asyncjobs.poll_interval?  If so, this worker takes the turn.
+ * asyncjobs.poll_interval -- or, while such claims are slow, within
+ * FULL_CLAIM_SPACING times the last one's run time (so that they take at
+ * most about a twentieth of the pool's time, however long the horizon is
+ * held back)?  If so, this worker takes the turn.
  */
 static bool
 full_claim_due(TimestampTz now)
@@ -826,6 +833,8 @@ full_claim_due(TimestampTz now)
 	TimestampTz latest = 0;
 	bool		due;
 	int			i;
+	int64		spacing_ms = Max((int64) asyncjobs_poll_interval,
+								 full_claim_us * FULL_CLAIM_SPACING / 1000);
 
 	LWLockAcquire(AsyncJobs->lock, LW_EXCLUSIVE);
 	for (i = 0; i < AsyncJobs->n_slots; i++)
@@ -838,7 +847,7 @@ full_claim_due(TimestampTz now)
 			slot->full_claim_at > latest)
 			latest = slot->full_claim_at;
 	}
-	due = TimestampDifferenceExceeds(latest, now, asyncjobs_poll_interval);
+	due = TimestampDifferenceExceeds(latest, now, (int) Min(spacing_ms, INT_MAX));
 	if (due)
 		MySlot->full_claim_at = now;
 	LWLockRelease(AsyncJobs->lock);
