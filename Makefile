@@ -4,6 +4,7 @@ MODULE_big = asyncjobs
 OBJS = \
 	src/api.o \
 	src/bulkdelete.o \
+	src/claim.o \
 	src/executor.o \
 	src/inflight.o \
 	src/launcher.o \

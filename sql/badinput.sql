@@ -524,6 +524,15 @@ SELECT call, pg_temp.try(call) AS outcome FROM unnest(ARRAY[
     $$asyncjobs._step_fired({done})$$
 ]) AS call;
 
+-- _claim_locked(n, operations, external, after_ops, after_priority,
+-- after_runafter, after_id, fused): internal (asyncjobs._claim runs it)
+SELECT call, pg_temp.try(call) AS outcome FROM unnest(ARRAY[
+    $$(SELECT count(*) FROM asyncjobs._claim_locked(NULL, NULL, false, NULL, NULL, NULL, NULL, true))$$,
+    $$(SELECT count(*) FROM asyncjobs._claim_locked(1, NULL, NULL, NULL, NULL, NULL, NULL, true))$$,
+    $$(SELECT count(*) FROM asyncjobs._claim_locked(1, NULL, false, NULL, NULL, NULL, NULL, NULL))$$,
+    $$(SELECT count(*) FROM asyncjobs._claim_locked(-1, NULL, false, NULL, NULL, NULL, NULL, true))$$
+]) AS call;
+
 --------------------------------------------------------------------------
 -- Oversized payloads: asyncjobs.max_payload_size (default 1024 kB)
 --------------------------------------------------------------------------

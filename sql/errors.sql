@@ -118,6 +118,7 @@ SELECT pg_temp.try($$SELECT asyncjobs.register_operation('mine', 'private_handle
 SELECT pg_temp.try($$SELECT asyncjobs.register_operation('sql', max_retries => 9)$$);
 -- the internal functions are not for users
 SELECT pg_temp.try($$SELECT asyncjobs._claim(1, 'x', 1)$$);
+SELECT pg_temp.try($$SELECT asyncjobs._claim_locked(1, NULL, false, NULL, NULL, NULL, NULL, true)$$);
 SELECT pg_temp.try($$SELECT asyncjobs._requeue_orphans()$$);
 SET ROLE regress_aj_bob;
 -- bob may not change alice's operation

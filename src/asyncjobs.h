@@ -8,6 +8,7 @@
  *	  shmem.c		shared state: the worker slots, wake-ups, the launcher's inbox
  *	  launcher.c	the launcher background worker (one per server)
  *	  worker.c		the per-database worker loop: claim, run, requeue
+ *	  claim.c		the claim's choice of jobs, one prepared statement
  *	  inflight.c	the claims a crash could undo, in a file per worker
  *	  executor.c	runs one job as its owner and captures its outcome
  *	  retry.c		transient / permanent classification and backoff
@@ -270,6 +271,14 @@ extern char *asyncjobs_attempt_json(AsyncJob *job, AsyncJobOutcome *outcome,
 extern struct _SPI_plan *asyncjobs_prepare_kept(const char *sql, int nargs,
 												Oid *argtypes);
 extern void asyncjobs_run_bulk_delete(AsyncJob *job, MemoryContext cxt);
+
+/* ---- the claim's choice of jobs (claim.c) ---- */
+#define AJ_CLAIM_SCAN_ARGS 8
+/* the columns of asyncjobs._claim's and asyncjobs._claim_locked's rows */
+#define AJ_CLAIM_COLUMNS 18
+extern int	asyncjobs_claim_scan(Datum *args, const char *nulls,
+								 MemoryContext cxt, AsyncJob **jobs,
+								 bool *capped);
 
 /* ---- claims a crash could undo (inflight.c) ---- */
 extern void asyncjobs_inflight_open(int64 worker_id);

@@ -576,35 +576,72 @@ claim_or_exit(AsyncJob **jobs, int limit, bool fused)
 	return n;
 }
 
+/* *jobs, in batch_context, from the n rows of asyncjobs._claim in SPI_tuptable */
+static void
+jobs_from_claim(AsyncJob **jobs, int n)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(batch_context);
+	int			i;
+
+	*jobs = palloc0(sizeof(AsyncJob) * Max(n, 1));
+	for (i = 0; i < n; i++)
+	{
+		AsyncJob   *job = &(*jobs)[i];
+		Datum		v[AJ_CLAIM_COLUMNS];
+		bool		null[AJ_CLAIM_COLUMNS];
+
+		/* once per row: reading column by column walked the row each time */
+		heap_deform_tuple(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, v, null);
+		job->id = DatumGetInt64(v[0]);
+		job->operation = TextDatumGetCString(v[1]);
+		job->operationtype = null[2] ? 0 : DatumGetInt32(v[2]);
+		job->owner = null[3] ? InvalidOid : DatumGetObjectId(v[3]);
+		/* data is NOT NULL; kept as jsonb, not a text to parse again */
+		job->data = null[4] ? NULL : DatumGetJsonbPCopy(v[4]);
+		job->retrycount = null[5] ? 0 : DatumGetInt32(v[5]);
+		job->maxretries = null[6] ? 0 : DatumGetInt32(v[6]);
+		job->handler = null[7] ? InvalidOid : DatumGetObjectId(v[7]);
+		job->timeout_ms = null[8] ? 0 : DatumGetInt64(v[8]);
+		job->retry_delay_ms = null[9] ? 10000 : DatumGetInt64(v[9]);
+		job->retry_delay_max_ms = null[10] ? 3600 * 1000 : DatumGetInt64(v[10]);
+		job->priority = null[13] ? 0 : DatumGetInt32(v[13]);
+		job->runafter = null[14] ? 0 : DatumGetTimestampTz(v[14]);
+		if (null[15])
+			ItemPointerSetInvalid(&job->tid);
+		else
+			ItemPointerCopy((ItemPointer) DatumGetPointer(v[15]), &job->tid);
+		job->fused = !null[16] && DatumGetBool(v[16]);
+		job->dependent = !null[17] && DatumGetBool(v[17]);
+	}
+	MemoryContextSwitchTo(oldcxt);
+}
+
 /*
  * Claims up to "limit" due jobs and commits them as InProgress.  The jobs
  * are copied into batch_context.
  *
- * Or, if "fused" and asyncjobs._claim agrees (no operation with
- * max_concurrency among those claimed), a fused claim: the jobs are locked,
- * not changed, and the claim's transaction stays open as the batch that
- * runs them (run_claimed) and commits their outcomes (batch_commit).  That
+ * Or, if "fused" and no operation with max_concurrency is among those
+ * claimed, a fused claim (claim.c's statement, run directly): the jobs are
+ * locked, not changed, and the claim's transaction stays open as the batch
+ * that runs them (run_claimed) and commits their outcomes (batch_commit).  That
  * saves each job an UPDATE, and the claim a commit.  Meanwhile the jobs
  * look waiting to everyone else; other workers skip them (SKIP LOCKED),
  * and a cancel or pause waits for the batch, then finds the job done.  The
  * batch's jobs are run in it, or not at all: once it commits (by size or
  * age) the others are free again (RUN_RELEASED).
  */
-/* the columns of asyncjobs._claim's rows */
-#define CLAIM_COLUMNS 18
-
 static int
 claim_jobs(AsyncJob **jobs, int limit, bool fused)
 {
 	Datum		args[8];
 	char		nulls[8] = {' ', ' ', ' ', 'n', 'n', 'n', 'n', ' '};
-	bool		claim_fused = false;
+	bool		claim_fused;
+	bool		capped;
 	bool		told = false;	/* to forget the watermarks */
 	MemoryContext callercxt = CurrentMemoryContext; /* not a transaction's */
 	int			rc;
 	int			n;
 	int			i;
-	MemoryContext oldcxt;
 	TimestampTz start;
 	bool		full;
 	Oid			claim_index;
@@ -653,10 +690,14 @@ claim_jobs(AsyncJob **jobs, int limit, bool fused)
 											8, types);
 	}
 
-	args[0] = Int64GetDatum(MyWorkerId);
-	args[1] = CStringGetTextDatum(MyHostId);
-	args[2] = Int32GetDatum(limit);
-	args[7] = BoolGetDatum(fused);
+	/*
+	 * A fused claim runs the claim's statement directly (claim.c); its
+	 * arguments 4 to 7, the watermarks, are asyncjobs._claim's.
+	 */
+	args[0] = Int32GetDatum(limit);
+	nulls[1] = 'n';				/* all operations */
+	args[2] = BoolGetDatum(false);	/* not external */
+	args[7] = BoolGetDatum(true);	/* fused */
 
 	/*
 	 * From the watermarks; from the start at least every poll interval, by
@@ -681,52 +722,35 @@ claim_jobs(AsyncJob **jobs, int limit, bool fused)
 	claim_index = claim_index_relid;
 	misses = claim_index_misses(claim_index);
 	buffers = pgBufferUsage.shared_blks_hit + pgBufferUsage.shared_blks_read;
-	rc = SPI_execute_plan(claim_plan, args, nulls, false, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "asyncjobs claim failed: %s", SPI_result_code_string(rc));
+	capped = false;
+	n = fused ? asyncjobs_claim_scan(args, nulls, batch_context, jobs, &capped) : 0;
+
+	/*
+	 * Not fused, or a fused claim met an operation with max_concurrency:
+	 * asyncjobs._claim, which takes the caps' advisory locks and decides.
+	 */
+	if (!fused || capped)
+	{
+		args[0] = Int64GetDatum(MyWorkerId);
+		nulls[1] = ' ';
+		args[1] = CStringGetTextDatum(MyHostId);
+		args[2] = Int32GetDatum(limit);
+		args[7] = BoolGetDatum(fused);
+		rc = SPI_execute_plan(claim_plan, args, nulls, false, 0);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "asyncjobs claim failed: %s", SPI_result_code_string(rc));
+		n = (int) SPI_processed;
+		if (n > 0 && SPI_tuptable->tupdesc->natts != AJ_CLAIM_COLUMNS)
+			elog(ERROR, "asyncjobs._claim returned %d columns, not %d",
+				 SPI_tuptable->tupdesc->natts, AJ_CLAIM_COLUMNS);
+		jobs_from_claim(jobs, n);
+	}
 	if (full)
 		full_claim_us = GetCurrentTimestamp() - start;
 	buffers = pgBufferUsage.shared_blks_hit + pgBufferUsage.shared_blks_read - buffers;
 	misses = claim_index_misses(claim_index) - misses;
-
-	n = (int) SPI_processed;
-	if (n > 0 && SPI_tuptable->tupdesc->natts != CLAIM_COLUMNS)
-		elog(ERROR, "asyncjobs._claim returned %d columns, not %d",
-			 SPI_tuptable->tupdesc->natts, CLAIM_COLUMNS);
 	claim_count++;
-	oldcxt = MemoryContextSwitchTo(batch_context);
-	*jobs = palloc0(sizeof(AsyncJob) * Max(n, 1));
-	for (i = 0; i < n; i++)
-	{
-		AsyncJob   *job = &(*jobs)[i];
-		Datum		v[CLAIM_COLUMNS];
-		bool		null[CLAIM_COLUMNS];
-
-		/* once per row: reading column by column walked the row each time */
-		heap_deform_tuple(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, v, null);
-		job->id = DatumGetInt64(v[0]);
-		job->operation = TextDatumGetCString(v[1]);
-		job->operationtype = null[2] ? 0 : DatumGetInt32(v[2]);
-		job->owner = null[3] ? InvalidOid : DatumGetObjectId(v[3]);
-		/* data is NOT NULL; kept as jsonb, not a text to parse again */
-		job->data = null[4] ? NULL : DatumGetJsonbPCopy(v[4]);
-		job->retrycount = null[5] ? 0 : DatumGetInt32(v[5]);
-		job->maxretries = null[6] ? 0 : DatumGetInt32(v[6]);
-		job->handler = null[7] ? InvalidOid : DatumGetObjectId(v[7]);
-		job->timeout_ms = null[8] ? 0 : DatumGetInt64(v[8]);
-		job->retry_delay_ms = null[9] ? 10000 : DatumGetInt64(v[9]);
-		job->retry_delay_max_ms = null[10] ? 3600 * 1000 : DatumGetInt64(v[10]);
-		job->priority = null[13] ? 0 : DatumGetInt32(v[13]);
-		job->runafter = null[14] ? 0 : DatumGetTimestampTz(v[14]);
-		if (null[15])
-			ItemPointerSetInvalid(&job->tid);
-		else
-			ItemPointerCopy((ItemPointer) DatumGetPointer(v[15]), &job->tid);
-		job->fused = !null[16] && DatumGetBool(v[16]);
-		claim_fused = job->fused;
-		job->dependent = !null[17] && DatumGetBool(v[17]);
-	}
-	MemoryContextSwitchTo(oldcxt);
+	claim_fused = n > 0 && (*jobs)[0].fused;
 
 	PopActiveSnapshot();
 	SPI_finish();

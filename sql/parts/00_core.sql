@@ -263,6 +263,27 @@ INSERT INTO asyncjobs.status VALUES
 -- Internal functions used by the workers
 --------------------------------------------------------------------------
 
+-- The jobs a claim takes, locked (FOR UPDATE SKIP LOCKED), in claim order:
+-- per operation type that can be claimed (not paused; with a handler, or
+-- builtin, unless external), its ready jobs after the watermark given for
+-- it in after_* (claim key of the last job taken), none whose dependency
+-- token an older job holds, at most its room under max_concurrency; the
+-- operations interleaved within a priority; the first n.  fused: none when
+-- an operation with max_concurrency can be claimed.  src/claim.c.
+CREATE FUNCTION asyncjobs._claim_locked(n int, operations text[], external boolean,
+                                        after_ops text[], after_priority int[],
+                                        after_runafter timestamptz[],
+                                        after_id bigint[], fused boolean)
+RETURNS TABLE (asyncoperationid bigint, messagename text, operationtype int,
+               ownerid oid, data jsonb, retrycount int, maxretries int,
+               handler oid, timeout_ms bigint, retry_delay_ms bigint,
+               retry_delay_max_ms bigint, leasetoken uuid,
+               leaseexpires timestamptz, priority int, runafter timestamptz,
+               tuple_id tid, fused boolean, dependent boolean)
+LANGUAGE C
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'asyncjobs_claim_locked';
+
 -- Claims up to n runnable jobs and marks them InProgress.
 --
 -- Runnable: Ready, or Suspended (postponed or retrying) and due; first of
@@ -274,9 +295,9 @@ INSERT INTO asyncjobs.status VALUES
 -- lease instead of a worker id.
 --
 -- Fairness: each operation offers its first jobs, and they are taken in
--- priority order, then round robin across operations (the first job of
--- every operation before the second of any), so a backlog of one
--- operation does not hold back another.
+-- priority order, then round robin across operations (within a priority,
+-- the first job of every operation before the second of any), so a
+-- backlog of one operation does not hold back another.
 --
 -- max_concurrency: claimers of a capped operation queue on an advisory
 -- lock of that operation until the claim commits, so that each counts the
@@ -341,105 +362,25 @@ BEGIN
     -- counts the jobs marked InProgress), nor for external workers.
     lock_only := lock_only AND NOT external AND NOT FOUND;
 
+    -- The choice of jobs, locked, in claim order (src/claim.c: the workers
+    -- run that statement directly for their fused claims).
     IF lock_only THEN
-        -- The same choice of jobs as below, in one statement that returns
-        -- them as it locks them: nothing is updated, so there is no second
-        -- statement to find them again (about a tenth of a fused job's
-        -- CPU).  No operation here has max_concurrency: room is n.
         RETURN QUERY
-        WITH types AS (
-            SELECT t.name, t.handler, t.timeout, t.retry_delay, t.retry_delay_max,
-                   coalesce(after_priority[w.k], '-2147483648'::int) AS after_p,
-                   coalesce(after_runafter[w.k], '-infinity'::timestamptz) AS after_r,
-                   coalesce(after_id[w.k], '-9223372036854775808'::bigint) AS after_i
-              FROM asyncjobs.operation_type t
-             CROSS JOIN LATERAL (SELECT array_position(after_ops, t.name) AS k) w
-             WHERE NOT t.paused
-               AND (t.handler IS NOT NULL OR t.builtin)
-               AND (operations IS NULL OR t.name = ANY (operations))
-        ), offered AS (
-            SELECT o.*, t.handler, t.timeout, t.retry_delay, t.retry_delay_max
-              FROM types t
-             CROSS JOIN LATERAL (
-                SELECT j.asyncoperationid AS id, j.priority AS prio,
-                       j.runafter AS due, j.messagename AS op, j.operationtype AS optype,
-                       j.ownerid AS owner, j.data AS jdata, j.retrycount AS retries,
-                       j.maxretries AS maxr, j.ctid AS tid,
-                       j.dependencytoken IS NOT NULL AS dep
-                  FROM asyncjobs.job j
-                 WHERE j.messagename = t.name
-                   AND j.statuscode IN (0, 10, 11)
-                   AND (j.priority, j.runafter, j.asyncoperationid)
-                       > (t.after_p, t.after_r, t.after_i)
-                   AND j.runafter <= now()
-                   AND (j.dependencytoken IS NULL OR NOT EXISTS (
-                            SELECT 1 FROM asyncjobs.job d
-                             WHERE d.dependencytoken = j.dependencytoken
-                               AND d.asyncoperationid < j.asyncoperationid))
-                 ORDER BY j.priority, j.runafter, j.asyncoperationid
-                 LIMIT n
-                   FOR UPDATE OF j SKIP LOCKED) o
-        )
-        SELECT w.id, w.op, w.optype, w.owner::oid, w.jdata, w.retries, w.maxr,
-               w.handler::oid,
-               (extract(epoch FROM w.timeout) * 1000)::bigint,
-               (extract(epoch FROM w.retry_delay) * 1000)::bigint,
-               (extract(epoch FROM w.retry_delay_max) * 1000)::bigint,
-               NULL::uuid, NULL::timestamptz, w.prio, w.due, w.tid, true, w.dep
-          FROM (SELECT o.*, row_number() OVER (PARTITION BY o.op
-                                               ORDER BY o.prio, o.due, o.id) AS rn
-                  FROM offered o) w
-         ORDER BY w.prio, w.rn, w.due, w.id
-         LIMIT n;
+        SELECT * FROM asyncjobs._claim_locked(n, operations, external, after_ops,
+                                              after_priority, after_runafter,
+                                              after_id, true);
         RETURN;
     END IF;
 
-    -- the jobs to take, locked, in the order they are to run
-    WITH types AS (
-        SELECT t.name,
-               CASE WHEN t.max_concurrency IS NULL THEN n
-                    ELSE least(n, t.max_concurrency -
-                              (SELECT count(*)::int FROM asyncjobs.job r
-                                WHERE r.messagename = t.name AND r.statecode = 2))
-               END AS room,
-               coalesce(after_priority[w.k], '-2147483648'::int) AS after_p,
-               coalesce(after_runafter[w.k], '-infinity'::timestamptz) AS after_r,
-               coalesce(after_id[w.k], '-9223372036854775808'::bigint) AS after_i
-          FROM asyncjobs.operation_type t
-         CROSS JOIN LATERAL (SELECT array_position(after_ops, t.name) AS k) w
-         WHERE NOT t.paused
-           AND (t.handler IS NOT NULL OR t.builtin) <> external
-           AND (operations IS NULL OR t.name = ANY (operations))
-    ), offered AS (
-        SELECT o.asyncoperationid, o.priority, o.runafter, o.messagename, o.ctid
-          FROM types t
-         CROSS JOIN LATERAL (
-            SELECT j.asyncoperationid, j.priority, j.runafter, j.messagename, j.ctid
-              FROM asyncjobs.job j
-             WHERE j.messagename = t.name
-               AND j.statuscode IN (0, 10, 11)
-               AND (j.priority, j.runafter, j.asyncoperationid)
-                   > (t.after_p, t.after_r, t.after_i)
-               AND j.runafter <= now()
-               AND (j.dependencytoken IS NULL OR NOT EXISTS (
-                        SELECT 1 FROM asyncjobs.job d
-                         WHERE d.dependencytoken = j.dependencytoken
-                           AND d.asyncoperationid < j.asyncoperationid))
-             ORDER BY j.priority, j.runafter, j.asyncoperationid
-             LIMIT greatest(t.room, 0)
-               FOR UPDATE OF j SKIP LOCKED) o
-    )
-    SELECT coalesce(array_agg(f.asyncoperationid
-                              ORDER BY f.priority, f.rn, f.runafter, f.asyncoperationid), '{}'),
-           array_agg(f.ctid)
+    SELECT coalesce(array_agg(c.asyncoperationid ORDER BY c.k), '{}'),
+           array_agg(c.tuple_id ORDER BY c.k)
       INTO ids, tids
-      FROM (SELECT w.*
-              FROM (SELECT o.*, row_number() OVER (PARTITION BY o.messagename
-                                                   ORDER BY o.priority, o.runafter,
-                                                            o.asyncoperationid) AS rn
-                      FROM offered o) w
-             ORDER BY w.priority, w.rn, w.runafter, w.asyncoperationid
-             LIMIT n) f;
+      FROM asyncjobs._claim_locked(n, operations, external, after_ops,
+                                   after_priority, after_runafter, after_id,
+                                   false) WITH ORDINALITY AS c(asyncoperationid, messagename,
+                       operationtype, ownerid, data, retrycount, maxretries, handler,
+                       timeout_ms, retry_delay_ms, retry_delay_max_ms, leasetoken,
+                       leaseexpires, priority, runafter, tuple_id, fused, dependent, k);
 
     IF cardinality(ids) = 0 THEN
         RETURN;

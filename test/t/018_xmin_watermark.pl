@@ -147,7 +147,17 @@ ok( $node->poll_until(
 		q{SELECT count(*) FROM asyncjobs.workers WHERE state = 'idle'}, '2', 30),
 	'hold: workers idle');
 
+# The drain may end before any claim from the start has run under the hold
+# (20,000 jobs take about a second, the poll interval): the idle workers'
+# claims from the start, one per poll interval, read the entries of every
+# job done since, and enter watermark mode.
+my $deadline = time + 30;
 $log = $node->log_since($pos);
+while (mode_lines($log, 'enters') == 0 && time < $deadline)
+{
+	usleep(200_000);
+	$log = $node->log_since($pos);
+}
 my $entered = mode_lines($log, 'enters');
 cmp_ok($entered, '>=', 1,
 	"hold: $entered worker(s) entered watermark mode (DEBUG1)");
