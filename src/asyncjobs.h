@@ -144,7 +144,12 @@ typedef struct AsyncJobsSlot
 									 * the start of every operation */
 	pg_atomic_uint32 front_priority;	/* the greatest of its watermarks, */
 	pg_atomic_uint64 front_runafter;	/* encoded by asyncjobs_front_encode */
+	/* heads-up (shmem.c); written by the worker, read without lock */
+	pg_atomic_uint64 idle_since;	/* when it last began to wait for work */
 } AsyncJobsSlot;
+
+/* a worker idle this long is woken ahead of an enqueue's commit (shmem.c) */
+#define AJ_HEADSUP_IDLE_MS		10
 
 #define AJ_MAX_PENDING_DBS		16
 #define AJ_MAX_QUIESCED_DBS		8

@@ -455,6 +455,9 @@ asyncjobs_worker_main(Datum main_arg)
 		if (n > 0)
 			continue;
 
+		/* the time first: an enqueuer that sees IDLE reads it (shmem.c) */
+		pg_atomic_write_u64(&MySlot->idle_since, (uint64) GetCurrentTimestamp());
+		pg_write_barrier();
 		MySlot->state = SLOT_IDLE;
 		pgstat_report_activity(STATE_IDLE, NULL);
 		rc = WaitLatch(MyLatch,
