@@ -263,6 +263,16 @@ INSERT INTO asyncjobs.status VALUES
 -- Internal functions used by the workers
 --------------------------------------------------------------------------
 
+-- A claimed job, as asyncjobs._claim and asyncjobs._claim_locked return it
+-- (src/claim.c and src/worker.c read these columns by position).
+CREATE TYPE asyncjobs.claimed_job AS (
+    asyncoperationid bigint, messagename text, operationtype int,
+    ownerid oid, data jsonb, retrycount int, maxretries int,
+    handler oid, timeout_ms bigint, retry_delay_ms bigint,
+    retry_delay_max_ms bigint, leasetoken uuid,
+    leaseexpires timestamptz, priority int, runafter timestamptz,
+    tuple_id tid, fused boolean, dependent boolean);
+
 -- The jobs a claim takes, locked (FOR UPDATE SKIP LOCKED), in claim order:
 -- per operation type that can be claimed (not paused; with a handler, or
 -- builtin, unless external), its ready jobs after the watermark given for
@@ -274,12 +284,7 @@ CREATE FUNCTION asyncjobs._claim_locked(n int, operations text[], external boole
                                         after_ops text[], after_priority int[],
                                         after_runafter timestamptz[],
                                         after_id bigint[], fused boolean)
-RETURNS TABLE (asyncoperationid bigint, messagename text, operationtype int,
-               ownerid oid, data jsonb, retrycount int, maxretries int,
-               handler oid, timeout_ms bigint, retry_delay_ms bigint,
-               retry_delay_max_ms bigint, leasetoken uuid,
-               leaseexpires timestamptz, priority int, runafter timestamptz,
-               tuple_id tid, fused boolean, dependent boolean)
+RETURNS SETOF asyncjobs.claimed_job
 LANGUAGE C
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'asyncjobs_claim_locked';
@@ -330,12 +335,7 @@ CREATE FUNCTION asyncjobs._claim(worker bigint, host text, n int,
                                  after_runafter timestamptz[] DEFAULT NULL,
                                  after_id bigint[] DEFAULT NULL,
                                  lock_only boolean DEFAULT false)
-RETURNS TABLE (asyncoperationid bigint, messagename text, operationtype int,
-               ownerid oid, data jsonb, retrycount int, maxretries int,
-               handler oid, timeout_ms bigint, retry_delay_ms bigint,
-               retry_delay_max_ms bigint, leasetoken uuid,
-               leaseexpires timestamptz, priority int, runafter timestamptz,
-               tuple_id tid, fused boolean, dependent boolean)
+RETURNS SETOF asyncjobs.claimed_job
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 -- the claim touches a handful of rows: never worth compiling
