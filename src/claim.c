@@ -146,9 +146,11 @@ asyncjobs_claim_scan(Datum *args, const char *nulls, MemoryContext cxt,
 	int			limit = DatumGetInt32(args[0]);
 	bool		fused = DatumGetBool(args[7]);
 	ScanEntry  *entries;
+	Datum	   *values;
+	bool	   *isnull;
 	TupleDesc	tupdesc;
 	MemoryContext oldcxt;
-	const char *prev_op = NULL;
+	text	   *prev_op = NULL;
 	int32		prev_priority = 0;
 	int			rank = 0;
 	int			nestlevel;
@@ -199,33 +201,42 @@ asyncjobs_claim_scan(Datum *args, const char *nulls, MemoryContext cxt,
 		elog(ERROR, "asyncjobs claim statement returned %d columns, not %d",
 			 tupdesc->natts, SCAN_COLUMNS);
 
-	/* the jobs (an operation's rows come together, in claim key order) */
+	/*
+	 * Every row deformed once (reading column by column would walk each
+	 * row from its start, past the operation's name, for every column).
+	 * The jobs: an operation's rows come together, in claim key order.
+	 */
+	values = palloc(sizeof(Datum) * SCAN_COLUMNS * Max(nrows, 1));
+	isnull = palloc(sizeof(bool) * SCAN_COLUMNS * Max(nrows, 1));
 	entries = palloc(sizeof(ScanEntry) * Max(nrows, 1));
 	for (i = 0; i < nrows; i++)
 	{
-		HeapTuple	tuple = SPI_tuptable->vals[i];
-		bool		isnull;
-		Datum		d;
+		Datum	   *v = &values[i * SCAN_COLUMNS];
+		bool	   *null = &isnull[i * SCAN_COLUMNS];
+		text	   *op;
 
-		if (fused && DatumGetBool(SPI_getbinval(tuple, tupdesc, 6, &isnull)))
+		heap_deform_tuple(SPI_tuptable->vals[i], tupdesc, v, null);
+		if (fused && DatumGetBool(v[5]))
 			*capped = true;
-		d = SPI_getbinval(tuple, tupdesc, 7, &isnull);
-		if (isnull)
+		if (null[6])
 			continue;			/* an operation without jobs to take */
 		entries[n].row = i;
-		entries[n].id = DatumGetInt64(d);
-		entries[n].priority = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 13, &isnull));
-		entries[n].runafter = DatumGetTimestampTz(SPI_getbinval(tuple, tupdesc, 14, &isnull));
+		entries[n].id = DatumGetInt64(v[6]);
+		entries[n].priority = DatumGetInt32(v[12]);
+		entries[n].runafter = DatumGetTimestampTz(v[13]);
+
 		/*
 		 * Ranked within its operation (the first column) and priority: an
 		 * operation's job of a higher priority does not put its others
 		 * behind those of the other operations.
 		 */
-		d = SPI_getbinval(tuple, tupdesc, 1, &isnull);
-		if (prev_op == NULL || strcmp(prev_op, TextDatumGetCString(d)) != 0 ||
+		op = DatumGetTextPP(v[0]);
+		if (prev_op == NULL ||
+			VARSIZE_ANY_EXHDR(op) != VARSIZE_ANY_EXHDR(prev_op) ||
+			memcmp(VARDATA_ANY(op), VARDATA_ANY(prev_op), VARSIZE_ANY_EXHDR(op)) != 0 ||
 			entries[n].priority != prev_priority)
 		{
-			prev_op = TextDatumGetCString(d);
+			prev_op = op;
 			prev_priority = entries[n].priority;
 			rank = 0;
 		}
@@ -242,10 +253,9 @@ asyncjobs_claim_scan(Datum *args, const char *nulls, MemoryContext cxt,
 	for (i = 0; i < n; i++)
 	{
 		AsyncJob   *job = &(*jobs)[i];
-		Datum		v[SCAN_COLUMNS];
-		bool		null[SCAN_COLUMNS];
+		Datum	   *v = &values[entries[i].row * SCAN_COLUMNS];
+		bool	   *null = &isnull[entries[i].row * SCAN_COLUMNS];
 
-		heap_deform_tuple(SPI_tuptable->vals[entries[i].row], tupdesc, v, null);
 		job->operation = TextDatumGetCString(v[0]);
 		job->handler = null[1] ? InvalidOid : DatumGetObjectId(v[1]);
 		job->timeout_ms = null[2] ? 0 : DatumGetInt64(v[2]);
@@ -266,6 +276,8 @@ asyncjobs_claim_scan(Datum *args, const char *nulls, MemoryContext cxt,
 	}
 	MemoryContextSwitchTo(oldcxt);
 	pfree(entries);
+	pfree(values);
+	pfree(isnull);
 	return n;
 }
 

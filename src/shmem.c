@@ -58,6 +58,8 @@ static TimestampTz enqueued_runafter = 0;
 static void asyncjobs_shmem_request_hook(void);
 static void asyncjobs_xact_callback(XactEvent event, void *arg);
 static void tell_workers(Oid dboid, bool all, int32 priority, TimestampTz runafter);
+static int	wake_start(int n);
+static bool wake_slot_in(int slotno, Oid dboid, AsyncJobsSlotState wanted);
 static int	headsup_worker(Oid dboid);
 static bool wake_slot(int slotno, Oid dboid);
 
@@ -255,6 +257,37 @@ asyncjobs_xact_callback(XactEvent event, void *arg)
 }
 
 /*
+ * Where a scan of the slots for a worker to wake starts: a different slot
+ * for each call and each process, so that wake-ups spread over the pool.
+ */
+static int
+wake_start(int n)
+{
+	static uint32 cursor = 0;
+
+	return (int) (((uint32) MyProcPid + cursor++) % (uint32) n);
+}
+
+/*
+ * Sets the latch of the worker in slot "slotno" if it belongs to the
+ * database and is in the given state.  Returns whether it did.
+ */
+static bool
+wake_slot_in(int slotno, Oid dboid, AsyncJobsSlotState wanted)
+{
+	volatile AsyncJobsSlot *slot = &AsyncJobs->slots[slotno];
+	Latch	   *latch;
+
+	if (slot->dboid != dboid || slot->state != wanted)
+		return false;
+	latch = slot->latch;
+	if (latch == NULL)
+		return false;
+	SetLatch(latch);
+	return true;
+}
+
+/*
  * Sets the latch of up to "count" workers of a database that wait for work
  * (idle ones first, then ones about to look).  Starts at a different slot
  * for each call and each process, so that wake-ups spread over the pool.
@@ -273,7 +306,6 @@ asyncjobs_xact_callback(XactEvent event, void *arg)
 void
 asyncjobs_wake_database(Oid dboid, int count)
 {
-	static uint32 cursor = 0;
 	int			n;
 	int			start;
 	int			pass;
@@ -284,7 +316,7 @@ asyncjobs_wake_database(Oid dboid, int count)
 	n = AsyncJobs->n_slots;
 	if (n <= 0)
 		return;
-	start = (int) (((uint32) MyProcPid + cursor++) % (uint32) n);
+	start = wake_start(n);
 
 	pg_memory_barrier();
 	for (pass = 0; pass < 2 && count > 0; pass++)
@@ -293,19 +325,8 @@ asyncjobs_wake_database(Oid dboid, int count)
 		int			i;
 
 		for (i = 0; i < n && count > 0; i++)
-		{
-			volatile AsyncJobsSlot *slot = &AsyncJobs->slots[(start + i) % n];
-			Latch	   *latch;
-
-			if (slot->dboid != dboid || slot->state != wanted)
-				continue;
-			latch = slot->latch;
-			if (latch != NULL)
-			{
-				SetLatch(latch);
+			if (wake_slot_in((start + i) % n, dboid, wanted))
 				count--;
-			}
-		}
 	}
 }
 
@@ -331,8 +352,7 @@ asyncjobs_wake_database(Oid dboid, int count)
 static int
 headsup_worker(Oid dboid)
 {
-	static uint32 cursor = 0;
-	TimestampTz now;
+	TimestampTz now = 0;
 	int			n;
 	int			start;
 	int			i;
@@ -342,26 +362,24 @@ headsup_worker(Oid dboid)
 	n = AsyncJobs->n_slots;
 	if (n <= 0)
 		return -1;
-	now = GetCurrentTimestamp();
-	start = (int) (((uint32) MyProcPid + cursor++) % (uint32) n);
+	start = wake_start(n);
 	pg_memory_barrier();
 	for (i = 0; i < n; i++)
 	{
 		int			slotno = (start + i) % n;
 		volatile AsyncJobsSlot *slot = &AsyncJobs->slots[slotno];
 		TimestampTz since;
-		Latch	   *latch;
 
 		if (slot->dboid != dboid || slot->state != SLOT_IDLE)
 			continue;
+		/* the clock only when there is an idle worker to ask about */
+		if (now == 0)
+			now = GetCurrentTimestamp();
 		since = (TimestampTz) pg_atomic_read_u64(&slot->idle_since);
 		if (since == 0 || now - since < AJ_HEADSUP_IDLE_MS * (int64) 1000)
 			continue;
-		latch = slot->latch;
-		if (latch == NULL)
-			continue;
-		SetLatch(latch);
-		return slotno;
+		if (wake_slot_in(slotno, dboid, SLOT_IDLE))
+			return slotno;
 	}
 	return -1;
 }
@@ -374,22 +392,11 @@ headsup_worker(Oid dboid)
 static bool
 wake_slot(int slotno, Oid dboid)
 {
-	volatile AsyncJobsSlot *slot;
-	AsyncJobsSlotState state;
-	Latch	   *latch;
-
 	if (AsyncJobs == NULL || slotno >= AsyncJobs->n_slots)
 		return false;
-	slot = &AsyncJobs->slots[slotno];
 	pg_memory_barrier();
-	state = slot->state;
-	if (slot->dboid != dboid || (state != SLOT_IDLE && state != SLOT_CLAIMING))
-		return false;
-	latch = slot->latch;
-	if (latch == NULL)
-		return false;
-	SetLatch(latch);
-	return true;
+	return wake_slot_in(slotno, dboid, SLOT_IDLE) ||
+		wake_slot_in(slotno, dboid, SLOT_CLAIMING);
 }
 
 /*
